@@ -1,0 +1,1 @@
+"""CREAM: consistency-regularized self-rewarding language models, and the SRLM baseline."""

@@ -1,0 +1,134 @@
+"""Run-folder artifacts: atomic JSON/JSONL writes, file:line errors on read, manifests, completion marks.
+
+A stage folder holds its artifacts, `manifest.json` (config hash, inputs with their hashes, outputs)
+and `DONE`, written last. A folder without `DONE` is incomplete and is redone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from cream.errors import DataError, StageError
+
+DONE = "DONE"
+MANIFEST = "manifest.json"
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+
+
+def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
+    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
+    _atomic_write_bytes(Path(path), text.encode())
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+
+
+def iter_jsonl(path: Path) -> Iterator[dict]:
+    """Rows of a JSONL file; a bad line raises DataError naming file:line. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+            yield row
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return list(iter_jsonl(path))
+
+
+def file_hash(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def config_hash(section: Any) -> str:
+    return hashlib.sha256(json.dumps(section, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
+
+
+def is_complete(stage_dir: Path) -> bool:
+    return (Path(stage_dir) / DONE).is_file()
+
+
+def mark_complete(stage_dir: Path, config_digest: str, inputs: list[Path], extra: dict | None = None) -> None:
+    """Write the manifest (config hash, inputs and outputs with their hashes), then the DONE mark."""
+    stage_dir = Path(stage_dir)
+    outputs = sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.name not in (DONE, MANIFEST))
+    manifest = {
+        "config_hash": config_digest,
+        "inputs": {str(p): file_hash(p) for p in inputs},
+        "outputs": {str(p.relative_to(stage_dir)): file_hash(p) for p in outputs},
+        **(extra or {}),
+    }
+    write_json(stage_dir / MANIFEST, manifest)
+    _atomic_write_bytes(stage_dir / DONE, b"")
+
+
+def verify_outputs(stage_dir: Path) -> None:
+    """Raise StageError when a completed stage's artifact no longer matches its manifest hash."""
+    manifest = read_json(Path(stage_dir) / MANIFEST)
+    for rel, digest in manifest["outputs"].items():
+        path = Path(stage_dir) / rel
+        if not path.is_file() or file_hash(path) != digest:
+            raise StageError(f"{path}: artifact changed on disk since the stage completed (hash mismatch)")
+
+
+def check_finite(values: Iterable[float], what: str) -> None:
+    for i, v in enumerate(values):
+        if v is None or not math.isfinite(v):
+            raise StageError(f"{what}: non-finite value {v!r} at position {i}")

