@@ -241,9 +241,10 @@ ConfigStore.instance().store(name="cream_schema", node=Config)
 
 def load_config(cfg: DictConfig) -> Config:
     """Validate a composed Hydra config against the schema and return the typed object."""
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain.pop("hydra", None)
+    container = OmegaConf.to_container(cfg, resolve=False)
+    container.pop("hydra", None)  # Hydra's own settings are not ours to validate
     try:
+        plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:

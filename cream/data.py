@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import random
 import re
-import string
 from pathlib import Path
 from typing import Any, Iterable
 
 from cream.artifacts import read_jsonl
 from cream.config import DataConfig, DataSource
 from cream.errors import DataError
-from cream.prompts import format_question, ground_truth, is_multiple_choice
+from cream.prompts import LETTERS, format_question, ground_truth, is_multiple_choice
 
 BENCHMARKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa_mc", "sft_seed")
-# TruthfulQA has up to 13 options, more than prompts.LETTERS covers.
-_LETTERS = string.ascii_uppercase
 _REQUIRED = {
     "mc": ("id", "question", "choices", "labels", "answer"),
     "gsm8k": ("id", "question", "answer"),
@@ -138,7 +135,7 @@ def _load_hub(name: str, split: str) -> list[dict]:
 
 
 def _mc_row(row_id: str, question: str, texts: list[str], answer_index: int) -> dict:
-    labels = list(_LETTERS[: len(texts)])
+    labels = list(LETTERS[: len(texts)])
     return {"id": row_id, "question": question, "choices": list(texts), "labels": labels,
             "answer": labels[answer_index]}
 

@@ -10,6 +10,7 @@ The subclass changes three things and nothing else:
 from __future__ import annotations
 
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -163,6 +164,7 @@ def train(
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     out_dir = Path(stage_dir) / ("adapter" if hasattr(trainer.model, "peft_config") else "model")
     save_policy(trainer.model, out_dir)
+    shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are useless once M_{t+1} is saved
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
     metrics = {

@@ -6,6 +6,7 @@ the pad token id (mistake 3 of the published code). `tests/test_sft.py` checks t
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,6 +53,7 @@ def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef
     peft = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if peft else "model")
     save_policy(trainer.model, out_dir)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     metrics = {"sft/loss": float(result.training_loss), "sft/steps": int(trainer.state.global_step),
                "sft/examples": len(examples)}
     if peft:

@@ -1,0 +1,128 @@
+"""The whole loop through the real CLI on the tiny model: SFT + one iteration + evaluation."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIXTURE_DATA, REPO
+
+TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
+STAGES = {
+    "iter_0": ["evaluate_m0", "sft", "evaluate"],
+    "iter_1": ["sample", "reward", "consistency", "pairs", "train", "evaluate"],
+}
+
+
+def cli(*overrides, cwd=REPO):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    runs = tmp_path_factory.mktemp("runs")
+    args = ("experiment=smoke", f"paths.runs={runs}", f"paths.data={FIXTURE_DATA}", "run_name=it")
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return runs / "smoke" / "it", args, result
+
+
+def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
+    run_dir, _, _ = smoke_run
+    for iteration, stages in STAGES.items():
+        for stage in stages:
+            stage_dir = run_dir / iteration / stage
+            assert (stage_dir / "DONE").is_file(), stage_dir
+            manifest = json.loads((stage_dir / "manifest.json").read_text())
+            assert manifest["config_hash"] and manifest["outputs"], stage_dir
+    it1 = run_dir / "iter_1"
+    responses = [json.loads(l) for l in (it1 / "sample" / "responses.jsonl").read_text().splitlines()]
+    assert len(responses) == 6 and all(len(r["responses"]) == 3 for r in responses)
+    assert all("answer" in r and r["answer"] not in ("", None) for r in responses)  # ground truth kept aside
+    rewards = [json.loads(l) for l in (it1 / "reward" / "rewards.jsonl").read_text().splitlines()]
+    assert {r["id"] for r in rewards} == {r["id"] for r in responses}
+    assert all(set(r["logps"]) == {"m0", "m1"} for r in rewards)  # M1's reward vs M0, M0's likelihood
+    pairs = [json.loads(l) for l in (it1 / "pairs" / "pairs.jsonl").read_text().splitlines()]
+    rates = {json.loads(l)["id"]: json.loads(l)["rate"] for l in (it1 / "consistency" / "consistency.jsonl").read_text().splitlines()}
+    for p in pairs:
+        assert p["consistency"] == rates[p["id"]]  # cream_dyn: each pair carries its own prompt's C
+        assert p["chosen_reward"] > p["rejected_reward"]
+        row = next(r for r in rewards if r["id"] == p["id"])
+        assert p["ref_chosen_logps"] in row["logps"]["m1"]  # the DPO reference is M1's scoring, reused
+    assert (it1 / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (run_dir / "iter_0" / "sft" / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (it1 / "train" / "checkpoints").exists()
+
+
+def test_metrics_hold_every_logged_key(smoke_run):
+    run_dir, _, _ = smoke_run
+    records = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = set().union(*records)
+    expected = {
+        "sft/loss", "sample/responses", "reward/mean", "reward/std", "reward/forward_passes",
+        "consistency/mean", "consistency/std", "pairs/kept", "pairs/dropped", "dpo/loss", "dpo/margin",
+        "dpo/accuracy", "time/sample", "time/reward", "time/train", "memory/peak_rss_mb",
+    }
+    assert expected <= keys, expected - keys
+    evals = [r for r in records if r["stage"].startswith("evaluate")]
+    assert len(evals) == 3  # M0, M1, M2
+    for record in evals:
+        for task in TASKS + ["average"]:
+            assert 0 <= record[f"eval/{task}"] <= 100, (record["stage"], task)
+
+
+def test_wandb_offline_run_holds_the_same_keys_and_tables(smoke_run):
+    run_dir, _, _ = smoke_run
+    files = list((run_dir / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(files) == 1
+    blob = files[0].read_bytes()
+    for key in [b"consistency/mean", b"consistency/histogram", b"pairs/table", b"dpo/loss", b"eval/average",
+                b"time/train"]:
+        assert key in blob, key
+
+
+def test_rerun_reuses_every_completed_stage(smoke_run):
+    run_dir, args, _ = smoke_run
+    before = (run_dir / "iter_1" / "pairs" / "pairs.jsonl").read_bytes()
+    result = cli(*args)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.count("complete, reusing") == sum(len(s) for s in STAGES.values())
+    assert (run_dir / "iter_1" / "pairs" / "pairs.jsonl").read_bytes() == before
+
+
+def test_rerun_with_another_config_is_refused_listing_the_keys(smoke_run):
+    run_dir, args, _ = smoke_run
+    result = cli(*args, "dpo.beta=0.5")
+    assert result.returncode == 2
+    assert "dpo.beta" in result.stderr and "another configuration" in result.stderr
+    assert (run_dir / "iter_1" / "train" / "DONE").is_file()  # nothing completed is lost
+
+
+@pytest.mark.parametrize(
+    "corrupt, overrides, message",
+    [
+        (None, ["model=gpt5"], "gpt5"),  # unknown group option: Hydra lists the valid ones
+        (None, ["data.shard_size=100000"], "data.shard_size"),
+        (None, ["paths.data=/nonexistent/data"], "paths.data"),
+        (None, ["sampling.n=1"], "sampling.n"),
+        ("arc_easy/train.jsonl", [], "train.jsonl:3"),
+        ("siqa/train.jsonl", [], "train.jsonl:3"),
+    ],
+)
+def test_bad_input_fails_clearly(tmp_path, corrupt, overrides, message):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE_DATA, data)
+    if corrupt:
+        lines = (data / corrupt).read_text().splitlines()
+        lines[2] = lines[2][:-5]  # a truncated JSON line
+        (data / corrupt).write_text("\n".join(lines) + "\n")
+    result = cli("experiment=smoke", f"paths.runs={tmp_path / 'runs'}", f"paths.data={data}", *overrides)
+    assert result.returncode != 0
+    assert message in result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
