@@ -125,7 +125,10 @@ def verify_outputs(stage_dir: Path) -> None:
     for rel, digest in manifest["outputs"].items():
         path = Path(stage_dir) / rel
         if not path.is_file() or file_hash(path) != digest:
-            raise StageError(f"{path}: artifact changed on disk since the stage completed (hash mismatch)")
+            raise StageError(
+                f"{path}: artifact changed on disk since the stage completed (hash mismatch); "
+                f"delete {stage_dir} to recompute that stage"
+            )
 
 
 def check_finite(values: Iterable[float], what: str) -> None:

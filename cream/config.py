@@ -57,6 +57,12 @@ class EvalProtocol(str, Enum):
     harness = "harness"
 
 
+class ResumeMode(str, Enum):
+    auto = "auto"  # reuse the run folder of the same run_name when its configuration matches; refuse otherwise
+    false = "false"  # always start a new folder (run_name gets a numeric suffix when taken)
+    force = "force"  # reuse the folder even though the configuration differs (completed stages are kept)
+
+
 class LoggerMode(str, Enum):
     offline = "offline"
     online = "online"
@@ -218,6 +224,7 @@ class Config:
     experiment: Any = None  # the Hydra group choice; its name is `experiment_name`
     experiment_name: str = "default"
     run_name: str = "run"
+    resume: ResumeMode = ResumeMode.auto
     seed: int = 0
     iterations: int = 2
     threads: Optional[int] = None  # torch threads; null = torch's default

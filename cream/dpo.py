@@ -9,9 +9,11 @@ The subclass changes three things and nothing else:
 
 from __future__ import annotations
 
+import json
 import math
 import shutil
 from pathlib import Path
+from typing import Optional
 
 import torch
 from trl import DPOConfig as TRLDPOConfig
@@ -138,6 +140,17 @@ def save_policy(model, out_dir: Path) -> None:
         model.save_pretrained(out_dir, safe_serialization=True)
 
 
+def last_complete_checkpoint(folder: Path) -> Optional[Path]:
+    """The newest checkpoint whose trainer state (written last by the Trainer) is whole; a kill can cut the newest."""
+    for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True):
+        try:
+            json.loads((checkpoint / "trainer_state.json").read_text())
+            return checkpoint
+        except (OSError, ValueError):
+            continue
+    return None
+
+
 def train(
     cfg: DPOConfig,
     model_cfg: ModelConfig,
@@ -160,8 +173,8 @@ def train(
         data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
         peft_config=peft_config,
     )
-    checkpoints = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    checkpoint = last_complete_checkpoint(Path(args.output_dir))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     out_dir = Path(stage_dir) / ("adapter" if hasattr(trainer.model, "peft_config") else "model")
     save_policy(trainer.model, out_dir)
     shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are useless once M_{t+1} is saved

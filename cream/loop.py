@@ -15,7 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from cream.artifacts import MANIFEST, config_hash, is_complete, mark_complete, read_json, verify_outputs, write_json
-from cream.config import Config, ModelRole, RewarderName, to_plain_dict
+from cream.config import Config, ModelRole, ResumeMode, RewarderName, to_plain_dict
 from cream.consistency import consistency_stage
 from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir, shard
 from cream.dpo import train
@@ -29,7 +29,7 @@ from cream.sft import sft
 
 RUN_MANIFEST = "run.json"
 # Keys that may change between a run and its resumption without changing any result.
-_NOT_RESULT_KEYS = ("logger", "run_name", "experiment", "threads")
+_NOT_RESULT_KEYS = ("logger", "run_name", "experiment", "threads", "resume", "paths")
 
 
 def peak_rss_mb() -> float:
@@ -50,6 +50,11 @@ class Run:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.dir = Path(cfg.paths.runs) / cfg.experiment_name / cfg.run_name
+        if cfg.resume == ResumeMode.false:
+            suffix = 1
+            while (self.dir / RUN_MANIFEST).exists():
+                suffix += 1
+                self.dir = Path(cfg.paths.runs) / cfg.experiment_name / f"{cfg.run_name}_{suffix}"
         self.result_config = {k: v for k, v in to_plain_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
         manifest_path = self.dir / RUN_MANIFEST
         run_id = None
@@ -57,11 +62,11 @@ class Run:
             previous = read_json(manifest_path)
             old, new = _flatten(previous["config"]), _flatten(self.result_config)
             differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            if differing:
+            if differing and cfg.resume != ResumeMode.force:
                 changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:10])
                 raise ConfigError(
                     f"run folder {self.dir} holds a run with another configuration ({changes}); "
-                    f"choose a new `run_name` to start a fresh run"
+                    f"choose a new `run_name`, `resume=false` for a new folder, or `resume=force` to reuse it anyway"
                 )
             run_id = previous.get("wandb_id")
         self.dir.mkdir(parents=True, exist_ok=True)
