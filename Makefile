@@ -31,3 +31,12 @@ test-fast: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs outputs multirun
+
+# SRLM vs CREAM vs Oracle on the embedded model, same seed and shards, then the comparison figures.
+COMPARE_RUN ?= compare
+COMPARE_ARGS ?=
+compare: $(STAMP)
+	for e in srlm_smollm cream_smollm oracle_smollm; do \
+	  $(PY) train.py experiment=$$e run_name=$(COMPARE_RUN) $(COMPARE_ARGS) || exit 1; done
+	$(PY) -m analysis.compare runs/srlm_smollm/$(COMPARE_RUN) runs/cream_smollm/$(COMPARE_RUN) \
+	  runs/oracle_smollm/$(COMPARE_RUN) --out runs/compare/$(COMPARE_RUN)

@@ -25,8 +25,10 @@ class ModelSource(str, Enum):
 
 
 class RewarderName(str, Enum):
-    implicit = "implicit"
-    likelihood = "likelihood"
+    implicit = "implicit"  # log pi_t - log pi_ref (CREAM)
+    likelihood = "likelihood"  # mean token log-prob
+    judge = "judge"  # the model grades its own responses (SRLM's LLM-as-a-judge)
+    oracle = "oracle"  # ground-truth correctness, for prompts with known answers
 
 
 class ModelRole(str, Enum):
@@ -126,6 +128,40 @@ class RewarderConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "rewarder.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
+class JudgeConfig:
+    """SRLM's LLM-as-a-judge: the template gets `{prompt}` and `{response}`; `pattern` captures the score."""
+
+    template: str = "{prompt}\n{response}\nScore: "
+    reply_prefix: str = ""  # the judge's reply is prefilled with this (e.g. "Score:" for small models)
+    pattern: str = r"(?i)score\s*:\s*(\d+)"
+    min_score: int = 0
+    max_score: int = 5
+    samples: int = 3  # judgements per response, averaged
+    temperature: float = 0.7
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 12
+
+    @property
+    def n(self) -> int:  # what `sample.generate` reads: samples per prompt
+        return self.samples
+
+    def __post_init__(self) -> None:
+        import re
+
+        for placeholder in ("{prompt}", "{response}"):
+            _require(placeholder in self.template, "judge.template", f"must contain {placeholder}")
+        try:
+            groups = re.compile(self.pattern).groups
+        except re.error as e:
+            raise ConfigError(f"config key `judge.pattern`: not a valid regular expression: {e}") from None
+        _require(groups == 1, "judge.pattern", f"must capture exactly one group (the score), has {groups}")
+        _require(self.min_score < self.max_score, "judge.max_score", "must exceed judge.min_score")
+        _require(self.samples >= 1, "judge.samples", f"must be >= 1, got {self.samples}")
+        _require(self.max_new_tokens > 0, "judge.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
 
 
 @dataclass
@@ -232,6 +268,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     rewarder: RewarderConfig = field(default_factory=RewarderConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)

@@ -10,7 +10,7 @@ towards 0, and a ranking that is all ties gives tau = 0, C = 0.5: no evidence ei
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -65,12 +65,19 @@ def consistency_rate(current: Sequence[float], previous: Sequence[float], measur
 
 
 def consistency_rates(
-    current: Mapping[str, Sequence[float]],
-    previous: Mapping[str, Sequence[float]],
+    current: Mapping[str, Sequence[Optional[float]]],
+    previous: Mapping[str, Sequence[Optional[float]]],
     measure: AgreementMeasure,
 ) -> dict[str, float]:
-    """C_j for every prompt id that both rankings score."""
-    return {pid: consistency_rate(current[pid], previous[pid], measure) for pid in current if pid in previous}
+    """C_j for every prompt id both rankings score, over the responses both score (None = unscored)."""
+    rates = {}
+    for pid, ours in current.items():
+        if pid not in previous:
+            continue
+        both = [(a, b) for a, b in zip(ours, previous[pid]) if a is not None and b is not None]
+        if len(both) >= 2:
+            rates[pid] = consistency_rate([a for a, _ in both], [b for _, b in both], measure)
+    return rates
 
 
 def pair_confidence(

@@ -124,7 +124,10 @@ def run(cfg: Config) -> dict:
             pool.release()  # lm-eval loads its own copy
             result = evaluate_model(cfg.eval, data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
                                     stage_dir, dtype=cfg.model.dtype, seed=cfg.seed)
-            return {f"eval/{task}": score for task, score in result.items()}, {"model": model.as_dict()}
+            seconds = read_json(stage_dir / "eval.json")["seconds"]
+            metrics = {f"eval/{task}": score for task, score in result.items()}
+            metrics.update({f"time/eval_{task}": s for task, s in seconds.items()})
+            return metrics, {"model": model.as_dict()}
 
         metrics, _ = run_.stage(iteration, name, [], fn)
         scores[model.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
@@ -148,7 +151,8 @@ def run(cfg: Config) -> dict:
         responses = iter_dir / "sample" / RESPONSES
 
         current_spec, previous_spec = reward_specs(cfg, models, t)
-        run_.stage(t, "reward", [responses], lambda d: (reward(current_spec, previous_spec, pool, responses, d, cfg.rewarder.batch_size), {}))
+        run_.stage(t, "reward", [responses], lambda d: (reward(current_spec, previous_spec, pool, responses, d, cfg.rewarder.batch_size,
+                                                               cfg.judge, cfg.model.max_length, cfg.seed * 1000 + t), {}))
         rewards = iter_dir / "reward" / REWARDS
 
         def consistency_fn(d: Path):
@@ -161,7 +165,8 @@ def run(cfg: Config) -> dict:
 
         def pairs_fn(d: Path):
             metrics, pairs = pairs_stage(responses, rewards, consistency, cfg.regularizer.name, policy.name, d)
-            columns = ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency"]
+            columns = ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency",
+                       "chosen_correct", "rejected_correct"]
             run_.logger.table(t, "pairs/table", columns, [[p[c] for c in columns] for p in pairs[: cfg.logger.pairs_table_rows]])
             return metrics, {}
 
@@ -192,8 +197,8 @@ def reward_specs(cfg: Config, models: list[ModelRef], t: int) -> tuple[RewardSpe
     """The reward of M_t and the ranking of M_{t-1} it is compared with, from the reference schedule in config."""
 
     def spec(k: int) -> RewardSpec:
-        if cfg.rewarder.name == RewarderName.likelihood:
-            return RewardSpec(RewarderName.likelihood, models[k])
+        if cfg.rewarder.name != RewarderName.implicit:
+            return RewardSpec(cfg.rewarder.name, models[k])
         reference = models[0] if cfg.rewarder.reference == ModelRole.m0 else models[max(k - 1, 0)]
         if reference == models[k]:  # a model is its own reference: its implicit reward is 0 everywhere
             first = cfg.regularizer.first_previous

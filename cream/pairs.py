@@ -61,12 +61,14 @@ def pairs_stage(samples_path, rewards_path, consistency_path, regularizer, polic
 
     from cream.artifacts import read_jsonl, write_jsonl
     from cream.consistency import pair_confidence
+    from cream.diagnostics import reward_accuracy
     from cream.errors import StageError
 
     samples = {r["id"]: r for r in read_jsonl(samples_path)}
     rates = {r["id"]: r["rate"] for r in read_jsonl(consistency_path)}
     stats, chosen = PairStats(), []
-    for row in read_jsonl(rewards_path):
+    reward_rows = read_jsonl(rewards_path)
+    for row in reward_rows:
         responses = samples[row["id"]]["responses"]
         choice = choose_pair(row["rewards"], [r["text"] for r in responses], stats)
         if choice is not None:
@@ -88,6 +90,8 @@ def pairs_stage(samples_path, rewards_path, consistency_path, regularizer, polic
             "chosen_reward": row["rewards"][choice.chosen],
             "rejected_reward": row["rewards"][choice.rejected],
             "consistency": confidence[row["id"]],
+            "chosen_correct": row["correct"][choice.chosen],
+            "rejected_correct": row["correct"][choice.rejected],
             "prompt_ids": sample["prompt_ids"],
             "chosen_ids": good["ids"],
             "rejected_ids": bad["ids"],
@@ -95,7 +99,11 @@ def pairs_stage(samples_path, rewards_path, consistency_path, regularizer, polic
             "ref_rejected_logps": current_logps[choice.rejected],
         })
     write_jsonl(Path(stage_dir) / "pairs.jsonl", pairs)
+    accuracy = reward_accuracy(
+        [(row["correct"][c.chosen], row["correct"][c.rejected]) for row, c in chosen],
+        [(row["rewards"], row["correct"]) for row in reward_rows],
+    )
     margins = [p["chosen_reward"] - p["rejected_reward"] for p in pairs]
-    metrics = {**stats.as_metrics(), "pairs/mean_reward_margin": sum(margins) / len(margins),
+    metrics = {**stats.as_metrics(), **accuracy, "pairs/mean_reward_margin": sum(margins) / len(margins),
                "pairs/mean_confidence": sum(p["consistency"] for p in pairs) / len(pairs)}
     return metrics, pairs

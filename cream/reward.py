@@ -17,8 +17,10 @@ import torch
 from tqdm import tqdm
 
 from cream.artifacts import read_json, read_jsonl, write_json, write_jsonl
-from cream.config import RewarderName
+from cream.config import JudgeConfig, RewarderName
 from cream.errors import StageError
+from cream.extract import is_correct
+from cream.judge import judge_scores
 from cream.models import ModelPool, ModelRef, load_tokenizer
 
 REWARDS = "rewards.jsonl"
@@ -26,20 +28,48 @@ REWARDS = "rewards.jsonl"
 
 @dataclass(frozen=True)
 class RewardSpec:
-    """A rewarder applied to one model: r = log pi(y|x) - log pi_ref(y|x), or the mean token log-prob."""
+    """A rewarder applied to one model. Responses in, one score per response (or None) out."""
 
     rewarder: RewarderName
     model: ModelRef
     reference: Optional[ModelRef] = None  # implicit only
 
-    def models(self) -> list[ModelRef]:
-        return [self.model] + ([self.reference] if self.reference is not None else [])
+    def logp_models(self) -> list[ModelRef]:
+        """The models whose log-probs of the responses this reward reads."""
+        if self.rewarder == RewarderName.implicit:
+            return [self.model, self.reference]
+        return [self.model] if self.rewarder == RewarderName.likelihood else []
 
-    def scores(self, logps: dict[str, Sequence[float]], n_tokens: Sequence[int]) -> list[float]:
-        own = np.asarray(logps[self.model.name], dtype=float)
-        if self.rewarder == RewarderName.likelihood:
-            return (own / np.maximum(np.asarray(n_tokens, dtype=float), 1.0)).tolist()
-        return (own - np.asarray(logps[self.reference.name], dtype=float)).tolist()
+
+def oracle_scores(rows: list[dict]) -> list[list[float]]:
+    """1 when a response reaches the prompt's known answer, else 0 (same extraction as evaluation)."""
+    return [[float(c) for c in correctness(row)] for row in rows]
+
+
+def correctness(row: dict) -> list[bool]:
+    return [is_correct(resp["text"], row["answer"], row["task"]) for resp in row["responses"]]
+
+
+def spec_scores(spec: RewardSpec, rows: list[dict], logps: dict[str, list[float]], judge: JudgeConfig,
+                pool: ModelPool, max_length: int, seed: int, stage_dir: Path) -> tuple[list[list[Optional[float]]], dict]:
+    """Per prompt, the reward of each of its responses under `spec`, and the rewarder's own statistics."""
+    if spec.rewarder == RewarderName.oracle:
+        return oracle_scores(rows), {}
+    if spec.rewarder == RewarderName.judge:
+        with pool.use(spec.model) as model:
+            return judge_scores(model, load_tokenizer(spec.model.base), judge, rows, max_length, seed,
+                                Path(stage_dir) / "judge" / spec.model.name)
+    out, cursor = [], 0
+    for row in rows:
+        n = len(row["responses"])
+        own = np.asarray(logps[spec.model.name][cursor : cursor + n], dtype=float)
+        if spec.rewarder == RewarderName.likelihood:
+            lengths = np.array([max(len(r["ids"]), 1) for r in row["responses"]], dtype=float)
+            out.append((own / lengths).tolist())
+        else:
+            out.append((own - np.asarray(logps[spec.reference.name][cursor : cursor + n], dtype=float)).tolist())
+        cursor += n
+    return out, {}
 
 
 def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, desc: str) -> list[float]:
@@ -76,12 +106,19 @@ def reward(
     samples_path: Path,
     stage_dir: Path,
     batch_size: int,
+    judge: JudgeConfig,
+    max_length: int,
+    seed: int,
 ) -> dict:
-    """Write `rewards.jsonl`: per prompt id, the current and previous rewards and every log-prob computed."""
+    """Write `rewards.jsonl`: per prompt id, current and previous rewards, correctness, every log-prob.
+
+    The current model's log-probs are always computed: whatever the rewarder, DPO reads its
+    reference log-probs of chosen and rejected from here.
+    """
     rows = read_jsonl(samples_path)
     tokenizer = load_tokenizer(current.model.base)
     sequences = [(row["prompt_ids"], resp["ids"]) for row in rows for resp in row["responses"]]
-    needed = {m.name: m for spec in (current, previous) if spec is not None for m in spec.models()}
+    needed = {m.name: m for m in [current.model, *current.logp_models(), *(previous.logp_models() if previous else [])]}
     flat: dict[str, list[float]] = {}
     for name, ref in needed.items():
         path = Path(stage_dir) / "logps" / f"{name}.json"
@@ -96,36 +133,40 @@ def reward(
         write_json(path, values)
         flat[name] = values
 
+    scores, stats = spec_scores(current, rows, flat, judge, pool, max_length, seed, stage_dir)
+    previous_scores = (spec_scores(previous, rows, flat, judge, pool, max_length, seed, stage_dir)[0]
+                       if previous is not None else [None] * len(rows))
+    if stats.get("judge/judgements") and stats["judge/parse_rate"] == 0:
+        raise StageError(f"the judge returned no parsable score in {stats['judge/judgements']} judgements: "
+                         f"check `judge.template` and `judge.pattern` ({judge.pattern})")
     out_rows, cursor = [], 0
-    for row in rows:
+    for row, row_scores, row_previous in zip(rows, scores, previous_scores):
         n = len(row["responses"])
-        logps = {name: values[cursor : cursor + n] for name, values in flat.items()}
-        n_tokens = [len(resp["ids"]) for resp in row["responses"]]
+        out_rows.append({
+            "id": row["id"],
+            "task": row["task"],
+            "answer": row["answer"],
+            "rewards": row_scores,
+            "previous_rewards": row_previous,
+            "correct": correctness(row),
+            "logps": {name: values[cursor : cursor + n] for name, values in flat.items()},
+            "n_tokens": [len(resp["ids"]) for resp in row["responses"]],
+        })
         cursor += n
-        out_rows.append(
-            {
-                "id": row["id"],
-                "task": row["task"],
-                "answer": row["answer"],
-                "rewards": current.scores(logps, n_tokens),
-                "previous_rewards": previous.scores(logps, n_tokens) if previous is not None else None,
-                "logps": logps,
-                "n_tokens": n_tokens,
-            }
-        )
-    all_rewards = np.array([r for row in out_rows for r in row["rewards"]])
-    if all_rewards.size and np.all(all_rewards == all_rewards[0]):
+    valid = np.array([r for row in scores for r in row if r is not None], dtype=float)
+    if valid.size == 0 or np.all(valid == valid[0]):
         raise StageError(
-            f"every reward of this iteration equals {all_rewards[0]}: the rewarder cannot rank anything "
+            f"every reward of this iteration is equal or missing ({valid[:1].tolist()}): the rewarder cannot rank anything "
             f"(with rewarder=implicit this happens when the current model {current.model.name} equals its "
-            f"reference; enable SFT (`sft.enabled=true`) or use `rewarder=likelihood`)"
+            f"reference; enable SFT (`sft.enabled=true`) or use another rewarder)"
         )
     write_jsonl(Path(stage_dir) / REWARDS, out_rows)
     return {
-        "reward/mean": float(all_rewards.mean()),
-        "reward/std": float(all_rewards.std()),
-        "reward/min": float(all_rewards.min()),
-        "reward/max": float(all_rewards.max()),
+        "reward/mean": float(valid.mean()),
+        "reward/std": float(valid.std()),
+        "reward/min": float(valid.min()),
+        "reward/max": float(valid.max()),
         "reward/forward_passes": len(needed) * len(sequences),
         "reward/models_scored": len(needed),
+        **stats,
     }

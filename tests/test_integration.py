@@ -70,6 +70,9 @@ def test_metrics_hold_every_logged_key(smoke_run):
         "dpo/accuracy", "time/sample", "time/reward", "time/train", "memory/peak_rss_mb",
     }
     assert expected <= keys, expected - keys
+    reward = next(r for r in records if r["stage"] == "reward")
+    # each (model, response) log-prob once: M1 and M0 over 6 prompts x 3 responses; DPO reuses them
+    assert reward["reward/forward_passes"] == 2 * 6 * 3 and reward["reward/models_scored"] == 2
     evals = [r for r in records if r["stage"].startswith("evaluate")]
     assert len(evals) == 3  # M0, M1, M2
     for record in evals:

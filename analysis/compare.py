@@ -1,0 +1,314 @@
+"""Compare methods across runs: benchmark curves, consistency, reward accuracy, pairs kept, a summary table.
+
+    python -m analysis.compare RUN_DIR_OR_PARENT [...] --out DIR [--wandb-export CSV ...] [--wandb-upload]
+
+A run is a folder holding `run.json` and `metrics.jsonl` (README, "The run folder"); parents are
+searched recursively. A run's method is its `experiment_name` (else its folder's parent name); runs
+of one method that differ in a setting other than the seed (a sweep under one experiment) get that
+setting appended to the method name, so only seeds are ever averaged: mean line, min-max band.
+Writes benchmarks.png, consistency.png, reward_accuracy.png, pairs.png and summary.md into DIR.
+
+W&B exports: CSV files with columns `experiment_name`, `iteration`, `stage` and one column per
+metric (an optional `seed` column separates runs), i.e. metrics.jsonl as a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import netrc
+import os
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from statistics import mean
+from typing import Iterable, Optional
+from urllib.parse import urlparse
+
+from cream.artifacts import read_json, read_jsonl
+from cream.errors import CreamError, DataError
+
+RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
+BENCHMARKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
+# Settings that do not change what a run measures; runs differing only in these are seeds of one method.
+NOT_METHOD_KEYS = {"seed", "experiment_name", "experiment", "run_name", "resume", "threads", "paths", "logger"}
+ID_COLUMNS = {None, "", "experiment_name", "seed", "stage"}  # CSV columns that name a record, not a metric
+FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs")
+
+
+@dataclass
+class Run:
+    label: str
+    source: str  # the run folder or the CSV file
+    config: dict  # run.json's config, flattened to dotted keys ({} for W&B exports)
+    models: dict[int, dict[str, float]]  # model index (M0, M1, ...) -> eval/* scores
+    iterations: dict[int, dict[str, float]]  # iteration -> every other numeric metric of its stages
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        out.update(_flatten(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def _from_records(label: str, source: str, config: dict, records: Iterable[tuple[str, dict]]) -> Run:
+    """Build a run from (where, record) pairs; `where` names the file and line for errors."""
+    models: dict[int, dict[str, float]] = defaultdict(dict)
+    iterations: dict[int, dict[str, float]] = defaultdict(dict)
+    for where, record in records:
+        try:
+            iteration, stage = int(record["iteration"]), str(record["stage"])
+        except (KeyError, TypeError, ValueError):
+            raise DataError(f"{where}: a metrics record needs an integer `iteration` and a `stage`") from None
+        values = {k: float(v) for k, v in record.items()
+                  if k not in ("iteration", "stage") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if stage.startswith("evaluate"):
+            # evaluate_m0 scores M0; `evaluate` of iteration t scores the model it produced, M_{t+1}
+            index = 0 if stage == "evaluate_m0" else iteration + 1
+            models[index].update({k: v for k, v in values.items() if k.startswith("eval/")})
+        else:
+            iterations[iteration].update(values)
+    return Run(label, source, config, dict(models), dict(iterations))
+
+
+def find_runs(path: Path) -> list[Path]:
+    """Every run folder at or under `path`; an error naming the path when there is none."""
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.is_file():
+        path = path.parent
+    found = sorted({p.parent for p in path.rglob(RUN_FILE) if (p.parent / METRICS_FILE).is_file()})
+    if not found:
+        raise DataError(f"{path}: no run folder (one holding {RUN_FILE} and {METRICS_FILE}) found there")
+    return found
+
+
+def load_run(run_dir: Path) -> Run:
+    config = read_json(run_dir / RUN_FILE).get("config", {})
+    metrics = run_dir / METRICS_FILE
+    records = [(str(metrics), r) for r in read_jsonl(metrics)]  # read_jsonl names file:line when malformed
+    return _from_records(config.get("experiment_name") or run_dir.parent.name, str(run_dir), _flatten(config), records)
+
+
+def load_export(path: Path) -> list[Run]:
+    """Runs from a W&B CSV export (see the module docstring); one run per experiment_name and seed."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"experiment_name", "iteration", "stage"} - set(reader.fieldnames or ())
+            if missing:
+                raise DataError(f"{path}: missing column(s) {', '.join(sorted(missing))}")
+            groups: dict[tuple[str, str], list] = defaultdict(list)
+            for row in reader:
+                record = {k: _number(v) for k, v in row.items() if k not in ID_COLUMNS and v not in (None, "")}
+                record["stage"] = row["stage"]
+                groups[(row["experiment_name"], row.get("seed") or "")].append((f"{path}:{reader.line_num}", record))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(f"{path}: cannot read the CSV: {e}") from None
+    return [_from_records(name, str(path), {}, records) for (name, _), records in groups.items()]
+
+
+def _number(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def _split_variants(runs: list[Run]) -> None:
+    """Runs of one label that differ in a setting besides the seed get the differing settings in their label."""
+    groups: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        groups[run.label].append(run)
+    for group in groups.values():
+        configured = [run for run in group if run.config]  # W&B exports carry no config
+        keys = sorted({k for run in configured for k in run.config if k.split(".")[0] not in NOT_METHOD_KEYS})
+        differing = [k for k in keys if len({repr(run.config.get(k)) for run in configured}) > 1]
+        if differing:
+            for run in configured:
+                run.label += " [" + ", ".join(f"{k}={run.config.get(k)}" for k in differing) + "]"
+
+
+def _collect(runs: list[Run], table: str) -> dict[int, dict[str, list[float]]]:
+    """x -> metric -> the finite values of the runs that logged it."""
+    out: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for run in runs:
+        for x, metrics in getattr(run, table).items():
+            for key, value in metrics.items():
+                if math.isfinite(value):
+                    out[x][key].append(value)
+    return {x: dict(out[x]) for x in sorted(out)}
+
+
+def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], methods: dict, table: str,
+          xlabel: str, tick: str) -> None:
+    """One panel per (metric, title); one line per method (mean) with its min-max band."""
+    from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
+
+    cols = min(4, len(panels))
+    rows = math.ceil(len(panels) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    for ax, (key, name) in zip(axes, panels):
+        xs_all: set[int] = set()
+        for color, (label, collected) in enumerate(methods.items()):
+            points = [(x, v[key]) for x, v in collected[table].items() if v.get(key)]
+            if not points:
+                continue  # this method never logged the metric (older runs lack some diagnostics)
+            xs = [x for x, _ in points]
+            xs_all.update(xs)
+            ax.plot(xs, [mean(v) for _, v in points], marker="o", color=f"C{color}", label=label)
+            ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{color}", alpha=0.2)
+        ax.set_title(name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted(xs_all), [tick.format(x) for x in sorted(xs_all)])
+        if not xs_all:
+            ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
+    for ax in axes[len(panels):]:
+        ax.set_visible(False)
+    handles, labels = next((a.get_legend_handles_labels() for a in axes if a.get_lines()), ([], []))
+    if handles:
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    fig.suptitle(title)
+    fig.savefig(path, dpi=100)
+
+
+def _benchmark_panels(methods: dict) -> list[tuple[str, str]]:
+    logged = {k[len("eval/"):] for c in methods.values() for v in c["models"].values() for k in v} - {"average"}
+    tasks = [b for b in BENCHMARKS if b in logged] + sorted(logged - set(BENCHMARKS))
+    return [(f"eval/{t}", t) for t in tasks or BENCHMARKS] + [("eval/average", "average")]
+
+
+def _reward_panels(methods: dict) -> list[tuple[str, str]]:
+    panels = [("reward_accuracy/chosen_correct", "chosen response correct"),
+              ("reward_accuracy/inverted", "inverted (chosen wrong, rejected right)")]
+    if any("reward_accuracy/auc" in v for c in methods.values() for v in c["iterations"].values()):
+        panels.append(("reward_accuracy/auc", "AUC: a correct response outranks a wrong one"))
+    return panels
+
+
+def _cell(values: Optional[list[float]], fmt: str) -> str:
+    return format(mean(values), fmt) if values else "–"
+
+
+def _table(methods: dict) -> str:
+    """Markdown: a row per method and model M_k; M_k (k >= 2) was trained at iteration k-1, whose
+    consistency, reward accuracy and pairs are shown beside its scores."""
+    tasks = [name for _, name in _benchmark_panels(methods)]
+    header = ["method", "model", "runs", *tasks, "iteration", "consistency", "reward acc.", "pairs kept"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, c in methods.items():
+        indices = sorted(set(c["models"]) | {t + 1 for t in c["iterations"] if t >= 1})
+        for k in indices:
+            scores = c["models"].get(k, {})
+            diag = c["iterations"].get(k - 1, {}) if k >= 2 else {}
+            cells = [label, f"M{k}", str(len(c["runs"])), *(_cell(scores.get(f"eval/{t}"), ".1f") for t in tasks),
+                     str(k - 1) if k >= 2 else "–", _cell(diag.get("consistency/mean"), ".3f"),
+                     _cell(diag.get("reward_accuracy/chosen_correct"), ".3f"), _cell(diag.get("pairs/kept"), ".1f")]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> dict:
+    """Plot and tabulate every run under `paths` (and in the W&B CSV `exports`) into `out_dir`.
+
+    Prints the summary table. Returns {method: {"runs": [sources], "models": {k: {eval key: mean}},
+    "iterations": {t: {key: mean}}}}.
+    """
+    runs = [load_run(d) for p in paths for d in find_runs(Path(p))]
+    runs += [run for e in exports for run in load_export(Path(e))]
+    if not runs:
+        raise DataError("no run folder or W&B export given")
+    _split_variants(runs)
+    by_label: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_label[run.label].append(run)
+    methods = {label: {"runs": [r.source for r in group], "models": _collect(group, "models"),
+                       "iterations": _collect(group, "iterations")}
+               for label, group in sorted(by_label.items())}
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_axis, iteration_axis = ("model", "M{}"), ("iteration", "{}")
+    _plot(out_dir / "benchmarks.png", "Benchmark accuracy per model", "accuracy (%)", _benchmark_panels(methods),
+          methods, "models", *model_axis)
+    _plot(out_dir / "consistency.png", "Consistency of the self-reward", "mean C",
+          [("consistency/mean", "consistency/mean")], methods, "iterations", *iteration_axis)
+    _plot(out_dir / "reward_accuracy.png", "Reward accuracy against ground truth", "share",
+          _reward_panels(methods), methods, "iterations", *iteration_axis)
+    _plot(out_dir / "pairs.png", "Preference pairs kept", "pairs", [("pairs/kept", "pairs/kept")],
+          methods, "iterations", *iteration_axis)
+    runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
+    figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
+    table = _table(methods)
+    (out_dir / "summary.md").write_text(
+        f"# Run comparison\n\nMeans over the runs (seeds) of each method; plots show the min-max band.\n\n"
+        f"{runs_list}\n{table}\n{figures}", encoding="utf-8")
+    print(table)
+    return {label: {"runs": c["runs"],
+                    **{table: {x: {k: mean(v) for k, v in m.items()} for x, m in c[table].items()}
+                       for table in ("models", "iterations")}}
+            for label, c in methods.items()}
+
+
+def _wandb_unavailable() -> Optional[str]:
+    """Why W&B cannot upload now, or None."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return f"WANDB_MODE={mode}"
+    if os.environ.get("WANDB_API_KEY"):
+        return None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+    try:
+        if netrc.netrc(os.environ.get("NETRC")).authenticators(host):
+            return None
+    except (OSError, netrc.NetrcParseError):
+        pass
+    return "no API key (set WANDB_API_KEY or run `wandb login`)"
+
+
+def upload(out_dir: Path, project: str, methods: list[str]) -> None:
+    """Log the figures to a new W&B run; one printed line instead when W&B cannot upload."""
+    reason = _wandb_unavailable()
+    if reason:
+        print(f"W&B upload skipped: {reason}")
+        return
+    try:
+        import wandb
+
+        run = wandb.init(project=project, job_type="compare", config={"methods": methods})
+        run.log({name: wandb.Image(str(out_dir / f"{name}.png")) for name in FIGURES})
+        run.finish()
+        print(f"W&B: figures logged to {run.url}")
+    except Exception as e:  # noqa: BLE001 - the local report is complete; W&B is a copy
+        print(f"W&B upload failed: {e}")
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m analysis.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("paths", nargs="*", type=Path, help="run folders, or folders searched for them")
+    parser.add_argument("--out", type=Path, default=Path("reports"), help="output folder (default: reports)")
+    parser.add_argument("--wandb-export", type=Path, nargs="+", action="extend", default=[], metavar="CSV",
+                        help="CSV exported from W&B: experiment_name, iteration, stage, metric columns")
+    parser.add_argument("--wandb-upload", action="store_true", help="also log the figures to a new W&B run")
+    parser.add_argument("--wandb-project", default="cream")
+    args = parser.parse_args(argv)
+    if not args.paths and not args.wandb_export:
+        parser.error("give at least one run folder or --wandb-export CSV")
+    try:
+        summary = compare(args.paths, args.out, args.wandb_export)
+    except CreamError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"figures and summary.md written to {args.out}")
+    if args.wandb_upload:
+        upload(args.out, args.wandb_project, list(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""analysis.compare on a real smoke run, relabelled into two methods and a second seed: figures, table, errors."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from analysis.compare import FIGURES, compare
+from tests.conftest import FIXTURE_DATA, REPO
+from tests.test_integration import cli
+
+SHIFT = 10.0  # added to every eval/* score of the copied second seed, so the mean moves by SHIFT / 2
+
+
+def _copy_run(src, dst, config_changes=None, edit=lambda record: record):
+    """A run folder with src's run.json (config updated) and metrics.jsonl (each record edited)."""
+    dst.mkdir(parents=True)
+    manifest = json.loads((src / "run.json").read_text())
+    manifest["config"].update(config_changes or {})
+    (dst / "run.json").write_text(json.dumps(manifest))
+    records = [edit(json.loads(line)) for line in (src / "metrics.jsonl").read_text().splitlines()]
+    (dst / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+
+
+def _shift_scores(record):
+    return {k: v + SHIFT if k.startswith("eval/") else v for k, v in record.items()}
+
+
+def _drop_reward_accuracy(record):  # as in runs made before the diagnostics existed
+    return {k: v for k, v in record.items() if not k.startswith(("reward_accuracy/", "explore/"))}
+
+
+def _records(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _scores(records):
+    """model index -> its evaluate record: M0 from evaluate_m0, M_{t+1} from iteration t's evaluate."""
+    return {0 if r["stage"] == "evaluate_m0" else r["iteration"] + 1: r for r in records if r["stage"].startswith("evaluate")}
+
+
+def compare_cli(*args, **env):
+    return subprocess.run([sys.executable, "-m", "analysis.compare", *map(str, args)], cwd=REPO,
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """runs/smoke/{s0, s1} (two seeds of one method) and runs/smoke_srlm/s0 (another method, older keys)."""
+    root = tmp_path_factory.mktemp("runs")
+    result = cli("experiment=smoke", f"paths.runs={root}", f"paths.data={FIXTURE_DATA}", "run_name=s0", "eval.limit=2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    src = root / "smoke" / "s0"
+    _copy_run(src, root / "smoke" / "s1", {"seed": 1}, _shift_scores)
+    _copy_run(src, root / "smoke_srlm" / "s0", {"experiment_name": "smoke_srlm"}, _drop_reward_accuracy)
+    return root
+
+
+@pytest.fixture(scope="module")
+def report(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    return out, compare([runs], out)
+
+
+def test_figures_and_summary_are_written(report):
+    out, _ = report
+    for name in FIGURES:
+        assert (out / f"{name}.png").stat().st_size > 1024, name
+    summary = (out / "summary.md").read_text()
+    assert "| smoke | M0 | 2 |" in summary and "| smoke_srlm | M2 | 1 |" in summary
+    assert "smoke/s0" in summary and "smoke_srlm/s0" in summary
+
+
+def test_seeds_are_averaged_and_methods_kept_apart(runs, report):
+    _, summary = report
+    assert set(summary) == {"smoke", "smoke_srlm"}
+    assert len(summary["smoke"]["runs"]) == 2
+    records = _records(runs / "smoke" / "s0")
+    evals = _scores(records)
+    assert sorted(summary["smoke"]["models"]) == sorted(evals) == [0, 1, 2]
+    for k, record in evals.items():
+        assert summary["smoke"]["models"][k]["eval/average"] == pytest.approx(record["eval/average"] + SHIFT / 2)
+        assert summary["smoke_srlm"]["models"][k]["eval/average"] == pytest.approx(record["eval/average"])
+    pairs = next(r for r in records if r["stage"] == "pairs")
+    assert summary["smoke"]["iterations"][1]["pairs/kept"] == pairs["pairs/kept"]
+
+
+def test_runs_without_reward_accuracy_are_skipped_not_failed(runs, report):
+    _, summary = report
+    assert "reward_accuracy/chosen_correct" in summary["smoke"]["iterations"][1]
+    assert not any(k.startswith("reward_accuracy/") for k in summary["smoke_srlm"]["iterations"][1])
+
+
+def test_runs_of_one_experiment_differing_in_a_setting_are_told_apart(runs, tmp_path):
+    src = runs / "smoke" / "s0"
+    _copy_run(src, tmp_path / "runs" / "a", {"regularizer": {"name": "cream_dyn", "measure": "kendall"}})
+    _copy_run(src, tmp_path / "runs" / "b", {"regularizer": {"name": "none", "measure": "kendall"}})
+    summary = compare([tmp_path / "runs"], tmp_path / "out")
+    assert set(summary) == {"smoke [regularizer.name=cream_dyn]", "smoke [regularizer.name=none]"}
+
+
+def test_wandb_export_csv_reads_like_the_run(runs, tmp_path):
+    records = _records(runs / "smoke" / "s0")
+    columns = ["experiment_name", *dict.fromkeys(k for r in records for k in r)]
+    export = tmp_path / "export.csv"
+    with open(export, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows({"experiment_name": "exported", **r} for r in records)
+    exported = compare([], tmp_path / "out", exports=[export])["exported"]
+    assert exported["models"] == {k: {key: v for key, v in r.items() if key.startswith("eval/")}
+                                  for k, r in _scores(records).items()}
+    pairs = next(r for r in records if r["stage"] == "pairs")
+    assert exported["iterations"][1]["pairs/kept"] == pairs["pairs/kept"]
+
+
+def test_cli_prints_the_table_and_skips_wandb_offline(runs, tmp_path):
+    result = compare_cli(runs, "--out", tmp_path / "out", "--wandb-upload", WANDB_MODE="offline")
+    assert result.returncode == 0, result.stderr
+    assert "| smoke_srlm | M2 |" in result.stdout
+    assert "W&B upload skipped: WANDB_MODE=offline" in result.stdout
+
+
+def test_malformed_metrics_line_fails_naming_file_and_line(runs, tmp_path):
+    run_dir = tmp_path / "smoke" / "bad"
+    _copy_run(runs / "smoke" / "s0", run_dir)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines[1] = lines[1][:-5]  # a truncated record
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    result = compare_cli(tmp_path, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert f"{run_dir / 'metrics.jsonl'}:2" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("make", [lambda p: p.mkdir(), lambda p: None], ids=["empty", "missing"])
+def test_no_run_found_fails_naming_the_path(tmp_path, make):
+    path = tmp_path / "nothing_here"
+    make(path)
+    result = compare_cli(path, "--out", tmp_path / "out")
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "Traceback" not in result.stderr
