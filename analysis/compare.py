@@ -119,17 +119,21 @@ def _number(text: str):
 
 
 def _split_variants(runs: list[Run]) -> None:
-    """Runs of one label that differ in a setting besides the seed get the differing settings in their label."""
+    """Runs of one label that differ in a setting besides the seed get the differing settings in their label.
+
+    Only settings every run records count: a key added to the schema later does not split old runs from new.
+    """
     groups: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
-        groups[run.label].append(run)
+        if run.config:  # W&B exports carry no config
+            groups[run.label].append(run)
     for group in groups.values():
-        configured = [run for run in group if run.config]  # W&B exports carry no config
-        keys = sorted({k for run in configured for k in run.config if k.split(".")[0] not in NOT_METHOD_KEYS})
-        differing = [k for k in keys if len({repr(run.config.get(k)) for run in configured}) > 1]
+        shared = set.intersection(*(set(run.config) for run in group))
+        differing = sorted(k for k in shared if k.split(".")[0] not in NOT_METHOD_KEYS
+                           and len({repr(run.config[k]) for run in group}) > 1)
         if differing:
-            for run in configured:
-                run.label += " [" + ", ".join(f"{k}={run.config.get(k)}" for k in differing) + "]"
+            for run in group:
+                run.label += " [" + ", ".join(f"{k}={run.config[k]}" for k in differing) + "]"
 
 
 def _collect(runs: list[Run], table: str) -> dict[int, dict[str, list[float]]]:
@@ -152,6 +156,7 @@ def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], me
     rows = math.ceil(len(panels) / cols)
     fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.6), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    legend = {}  # label -> line, from whichever panel the method appears in
     for ax, (key, name) in zip(axes, panels):
         xs_all: set[int] = set()
         for color, (label, collected) in enumerate(methods.items()):
@@ -160,7 +165,7 @@ def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], me
                 continue  # this method never logged the metric (older runs lack some diagnostics)
             xs = [x for x, _ in points]
             xs_all.update(xs)
-            ax.plot(xs, [mean(v) for _, v in points], marker="o", color=f"C{color}", label=label)
+            legend[label], = ax.plot(xs, [mean(v) for _, v in points], marker="o", color=f"C{color}")
             ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{color}", alpha=0.2)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
@@ -170,9 +175,8 @@ def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], me
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
-    handles, labels = next((a.get_legend_handles_labels() for a in axes if a.get_lines()), ([], []))
-    if handles:
-        fig.legend(handles, labels, loc="outside lower center", ncols=min(3, len(labels)), fontsize="small")
+    if legend:
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(3, len(legend)), fontsize="small")
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
 
@@ -187,7 +191,7 @@ def _reward_panels(methods: dict) -> list[tuple[str, str]]:
     panels = [("reward_accuracy/chosen_correct", "chosen response correct"),
               ("reward_accuracy/inverted", "inverted (chosen wrong, rejected right)")]
     if any("reward_accuracy/auc" in v for c in methods.values() for v in c["iterations"].values()):
-        panels.append(("reward_accuracy/auc", "AUC: a correct response outranks a wrong one"))
+        panels.append(("reward_accuracy/auc", "AUC: correct outranks wrong"))
     return panels
 
 
@@ -222,7 +226,7 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> d
     runs = [load_run(d) for p in paths for d in find_runs(Path(p))]
     runs += [run for e in exports for run in load_export(Path(e))]
     if not runs:
-        raise DataError("no run folder or W&B export given")
+        raise DataError(f"no runs in {', '.join(str(p) for p in [*paths, *exports]) or '(no path given)'}")
     _split_variants(runs)
     by_label: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
@@ -250,8 +254,8 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> d
         f"{runs_list}\n{table}\n{figures}", encoding="utf-8")
     print(table)
     return {label: {"runs": c["runs"],
-                    **{table: {x: {k: mean(v) for k, v in m.items()} for x, m in c[table].items()}
-                       for table in ("models", "iterations")}}
+                    **{kind: {x: {k: mean(v) for k, v in m.items()} for x, m in c[kind].items()}
+                       for kind in ("models", "iterations")}}
             for label, c in methods.items()}
 
 
@@ -282,8 +286,8 @@ def upload(out_dir: Path, project: str, methods: list[str]) -> None:
 
         run = wandb.init(project=project, job_type="compare", config={"methods": methods})
         run.log({name: wandb.Image(str(out_dir / f"{name}.png")) for name in FIGURES})
-        run.finish()
         print(f"W&B: figures logged to {run.url}")
+        run.finish()
     except Exception as e:  # noqa: BLE001 - the local report is complete; W&B is a copy
         print(f"W&B upload failed: {e}")
 

@@ -253,6 +253,7 @@ class LoggerConfig:
     group: Optional[str] = None
     name: Optional[str] = None  # defaults to <experiment>/<run_name>
     pairs_table_rows: int = 200
+    init_timeout: float = 60.0  # seconds W&B may take to start before the run goes on without it
 
 
 @dataclass

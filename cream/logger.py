@@ -37,7 +37,7 @@ class RunLogger:
                 dir=str(self.run_dir),
                 config=to_plain_dict(cfg),
                 reinit="finish_previous",
-                settings=wandb.Settings(init_timeout=60),
+                settings=wandb.Settings(init_timeout=cfg.logger.init_timeout),
             )
             self._wandb.define_metric("iteration")
             self._wandb.define_metric("*", step_metric="iteration")

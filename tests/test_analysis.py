@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from analysis.compare import FIGURES, compare
+from analysis.compare import FIGURES, _wandb_unavailable, compare
 from tests.conftest import FIXTURE_DATA, REPO
 from tests.test_integration import cli
 
@@ -122,6 +122,23 @@ def test_cli_prints_the_table_and_skips_wandb_offline(runs, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "| smoke_srlm | M2 |" in result.stdout
     assert "W&B upload skipped: WANDB_MODE=offline" in result.stdout
+
+
+@pytest.mark.parametrize("env, netrc, reason", [
+    ({"WANDB_MODE": "disabled", "WANDB_API_KEY": "k"}, "", "WANDB_MODE=disabled"),
+    ({}, "", "no API key"),
+    ({"WANDB_API_KEY": "k"}, "", None),
+    ({}, "machine api.wandb.ai login user password k\n", None),  # after `wandb login`
+])
+def test_wandb_upload_needs_online_mode_and_a_key(monkeypatch, tmp_path, env, netrc, reason):
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    (tmp_path / "netrc").write_text(netrc)
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    why = _wandb_unavailable()
+    assert why is None if reason is None else why.startswith(reason)
 
 
 def test_malformed_metrics_line_fails_naming_file_and_line(runs, tmp_path):

@@ -18,8 +18,13 @@ STAGES = {
 }
 
 
-def cli(*overrides, cwd=REPO):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+# Fake credentials: they must never reach a saved config, log, manifest or the W&B run.
+SECRETS = {"WANDB_API_KEY": "fakewandbkey0123456789abcdef0123456789abcd", "HF_TOKEN": "hf_fakeHubToken0123456789"}
+
+
+def cli(*overrides, cwd=REPO, env_extra=None):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline", **SECRETS,
+           **(env_extra or {})}
     return subprocess.run([sys.executable, str(REPO / "train.py"), *overrides], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=900)
 
@@ -114,6 +119,8 @@ def test_rerun_with_another_config_is_refused_listing_the_keys(smoke_run):
         (None, ["data.shard_size=100000"], "data.shard_size"),
         (None, ["paths.data=/nonexistent/data"], "paths.data"),
         (None, ["sampling.n=1"], "sampling.n"),
+        (None, ["sampling.n=3", "sampling.n=="], "sampling.n=="),  # a malformed override
+        (None, ["rewarder=judge", "eval.enabled=false"], "no parsable score"),  # a random model never scores
         ("arc_easy/train.jsonl", [], "train.jsonl:3"),
         ("siqa/train.jsonl", [], "train.jsonl:3"),
     ],
@@ -129,3 +136,22 @@ def test_bad_input_fails_clearly(tmp_path, corrupt, overrides, message):
     assert result.returncode != 0
     assert message in result.stderr, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_no_secret_reaches_the_run_folder(smoke_run):
+    run_dir, _, _ = smoke_run
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            blob = path.read_bytes()
+            for secret in SECRETS.values():
+                assert secret.encode() not in blob, path
+
+
+def test_wandb_failure_degrades_to_local_logging(tmp_path):
+    result = cli("experiment=smoke", f"paths.runs={tmp_path}", f"paths.data={FIXTURE_DATA}", "eval.enabled=false",
+                 "logger.mode=online", "logger.init_timeout=5", "run_name=nowandb",
+                 env_extra={"WANDB_MODE": "online", "WANDB_BASE_URL": "http://127.0.0.1:9"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stderr.count("W&B disabled for this run") == 1
+    records = (tmp_path / "smoke" / "nowandb" / "metrics.jsonl").read_text().splitlines()
+    assert any('"stage": "train"' in r for r in records)

@@ -1,0 +1,69 @@
+"""Sampling and scoring on the tiny model: masking, batching, long prompts, empty and NaN outputs."""
+
+import math
+
+import pytest
+import torch
+
+from cream.artifacts import write_jsonl
+from cream.config import JudgeConfig, ModelConfig, ModelSource, RewarderName, SamplingConfig
+from cream.errors import StageError
+from cream.models import ModelPool, ModelRef, load_base_model, load_tokenizer
+from cream.reward import RewardSpec, reward, sequence_logprobs
+from cream.sample import _cut_response, chat_prompt_ids, sample
+
+TINY = ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128)
+
+
+@pytest.mark.parametrize(
+    "ids, expected, finished",
+    [
+        ([5, 6, 2, 0, 0], [5, 6, 2], True),  # cut after the end-of-turn token
+        ([2, 2, 2], [2], True),  # an empty response: just the end of turn
+        ([5, 6, 7], [5, 6, 7], False),  # ran out of tokens
+        ([5, 0, 0], [5], False),  # trailing batch padding removed
+    ],
+)
+def test_cut_response(ids, expected, finished):
+    assert _cut_response(ids, eos_id=2, pad_id=0) == (expected, finished)
+
+
+def test_batched_scoring_equals_one_by_one_and_masks_the_prompt(tiny_model_dir):
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_base_model(str(tiny_model_dir), TINY)
+    seqs = [(chat_prompt_ids(tokenizer, q), tokenizer(a, add_special_tokens=False)["input_ids"])
+            for q, a in [("Hi", "Hello there, friend."), ("What is 2+2? Think.", "4"), ("Name a fruit", "An apple")]]
+    batched = sequence_logprobs(model, seqs, 3, tokenizer.pad_token_id, "t")
+    single = [sequence_logprobs(model, [s], 1, tokenizer.pad_token_id, "t")[0] for s in seqs]
+    assert batched == pytest.approx(single, abs=1e-4)
+    # by hand: sum of log-softmax at the response positions only
+    prompt, response = seqs[0]
+    ids = torch.tensor([prompt + response])
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, :-1].log_softmax(-1)
+    targets = ids[0, 1:]
+    manual = logits[torch.arange(len(targets)), targets][len(prompt) - 1 :].sum().item()
+    assert batched[0] == pytest.approx(manual, abs=1e-4)
+
+
+def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_model_dir, tmp_path):
+    prompts = [{"id": "short", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"},
+               {"id": "long", "task": "gsm8k", "prompt": "word " * 200, "answer": "1"}]
+    cfg = SamplingConfig(n=2, max_new_tokens=8, batch_size=4)
+    metrics = sample(cfg, TINY, ModelPool(TINY), ModelRef("m1", str(tiny_model_dir)), prompts, tmp_path, seed=0)
+    assert metrics["sample/prompts"] == 1 and metrics["sample/prompts_skipped_too_long"] == 1
+    assert metrics["sample/responses"] == 2
+
+
+def test_nan_log_probs_stop_the_stage_naming_the_model(tiny_model_dir, tmp_path):
+    prompts = [{"id": "a", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"}]
+    pool = ModelPool(TINY)
+    m1 = ModelRef("m1", str(tiny_model_dir))
+    sample(SamplingConfig(n=2, max_new_tokens=6, batch_size=2), TINY, pool, m1, prompts, tmp_path / "s", seed=0)
+    with pool.use(m1) as model:
+        with torch.no_grad():
+            model.model.norm.weight.fill_(float("nan"))  # a broken checkpoint
+        spec = RewardSpec(RewarderName.likelihood, m1)
+        with pytest.raises(StageError, match="non-finite log-prob under model m1"):
+            reward(spec, None, pool, tmp_path / "s" / "responses.jsonl", tmp_path / "r", 2, JudgeConfig(), 128, 0)
+    assert not (tmp_path / "r" / "rewards.jsonl").exists()
