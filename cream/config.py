@@ -288,6 +288,8 @@ def load_config(cfg: DictConfig) -> Config:
     """Validate a composed Hydra config against the schema and return the typed object."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)  # Hydra's own settings are not ours to validate
+    if isinstance(container.get("resume"), bool):  # the command line reads `resume=false` as a boolean
+        container["resume"] = "auto" if container["resume"] else "false"
     try:
         plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)

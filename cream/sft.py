@@ -15,6 +15,7 @@ from trl import SFTTrainer
 
 from cream.config import DPOConfig, ModelConfig, SFTConfig
 from cream.dpo import load_trainable, save_policy
+from cream.errors import StageError
 from cream.models import ModelRef, load_tokenizer
 
 
@@ -49,6 +50,8 @@ def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef
         stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
     """Fine-tune M0 on the seed examples; returns M1 and the stage metrics."""
     trainer = build_trainer(cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
+    if len(trainer.train_dataset) == 0:
+        raise StageError(f"no SFT example fits in sft.max_length={cfg.max_length} tokens with room for its reply")
     result = trainer.train()
     peft = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if peft else "model")

@@ -13,7 +13,7 @@ def test_one_iteration_of_the_embedded_model(tmp_path):
     result = cli(
         "experiment=cream_smollm", f"paths.runs={tmp_path}", f"paths.data={FIXTURE_DATA}", "run_name=slow",
         "iterations=1", "data.shard_size=4", "sampling.n=3", "sampling.max_new_tokens=32",
-        "sft.max_examples=4", "sft.max_length=128", "eval.limit=2", "eval.max_gen_toks=48",
+        "sft.max_examples=8", "sft.max_length=256", "eval.limit=2", "eval.max_gen_toks=48",
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = tmp_path / "cream_smollm" / "slow"
