@@ -40,3 +40,7 @@ compare: $(STAMP)
 	  $(PY) train.py experiment=$$e run_name=$(COMPARE_RUN) $(COMPARE_ARGS) || exit 1; done
 	$(PY) -m analysis.compare runs/srlm_smollm/$(COMPARE_RUN) runs/cream_smollm/$(COMPARE_RUN) \
 	  runs/oracle_smollm/$(COMPARE_RUN) --out runs/compare/$(COMPARE_RUN)
+
+# Stage speeds against the machine's bound and the straightforward way; rewrites BENCHMARKS.md.
+bench: $(STAMP)
+	$(PY) bench/bench.py $(ARGS)

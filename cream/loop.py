@@ -131,6 +131,7 @@ def run(cfg: Config) -> dict:
 
         metrics, _ = run_.stage(iteration, name, [], fn)
         scores[model.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
+        print(score_table(scores))
         wrong = wrong_answers(run_.dir / f"iter_{iteration}" / name, 20)
         if wrong:
             columns = list(wrong[0].keys())
@@ -145,7 +146,7 @@ def run(cfg: Config) -> dict:
         models.append(ModelRef("m1", models[0].base))  # M1 = M0
 
     for t in range(1, cfg.iterations + 1):
-        policy, previous = models[t], models[t - 1]
+        policy = models[t]
         iter_dir = run_.dir / f"iter_{t}"
         run_.stage(t, "sample", [], lambda d: (sample(cfg.sampling, cfg.model, pool, policy, shard(prompts, t, cfg.data.shard_size), d, cfg.seed * 1000 + t), {}))
         responses = iter_dir / "sample" / RESPONSES
@@ -180,7 +181,6 @@ def run(cfg: Config) -> dict:
 
     pool.release()
     if scores:
-        print(score_table(scores))
         run_.logger.table(cfg.iterations, "eval/summary", ["model", *next(iter(scores.values())).keys()],
                           [[m, *s.values()] for m, s in scores.items()])
     run_.logger.summary({"time/stages": run_.stage_seconds, "memory/peak_rss_mb": peak_rss_mb()})

@@ -98,8 +98,13 @@ def test_wandb_offline_run_holds_the_same_keys_and_tables(smoke_run):
 def test_rerun_reuses_every_completed_stage(smoke_run):
     run_dir, args, _ = smoke_run
     before = (run_dir / "iter_1" / "pairs" / "pairs.jsonl").read_bytes()
+    wandb_id = json.loads((run_dir / "run.json").read_text())["wandb_id"]
     result = cli(*args)
     assert result.returncode == 0, result.stderr[-2000:]
+    # the resumed run continues the same W&B run
+    assert wandb_id and json.loads((run_dir / "run.json").read_text())["wandb_id"] == wandb_id
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2 and all(r.name.endswith(wandb_id) for r in runs)
     assert result.stdout.count("complete, reusing") == sum(len(s) for s in STAGES.values())
     assert (run_dir / "iter_1" / "pairs" / "pairs.jsonl").read_bytes() == before
 
