@@ -14,7 +14,7 @@ from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
 from cream.config import DPOConfig, ModelConfig, SFTConfig
-from cream.dpo import load_trainable, save_policy
+from cream.dpo import last_complete_checkpoint, load_trainable, save_policy
 from cream.errors import StageError
 from cream.models import ModelRef, load_tokenizer
 
@@ -37,7 +37,9 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         lr_scheduler_type="cosine",
         warmup_steps=0.1,
         logging_steps=5,
-        save_strategy="no",
+        save_strategy="steps",  # resume points: an interrupted SFT continues from its last checkpoint
+        save_steps=max(1, len(examples) // cfg.batch_size // 4),
+        save_total_limit=1,
         report_to=[],
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
@@ -52,7 +54,8 @@ def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef
     trainer = build_trainer(cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
     if len(trainer.train_dataset) == 0:
         raise StageError(f"no SFT example fits in sft.max_length={cfg.max_length} tokens with room for its reply")
-    result = trainer.train()
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     peft = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if peft else "model")
     save_policy(trainer.model, out_dir)
