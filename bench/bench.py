@@ -30,7 +30,7 @@ from cream.data import load_prompts, resolve_data_dir  # noqa: E402
 from cream.dpo import (  # noqa: E402
     CreamDPOTrainer,
     PreferenceCollatorWithConsistency,
-    _peft_config,
+    lora_adapter_config,
     pairs_dataset,
     training_args,
 )
@@ -89,12 +89,12 @@ def dpo_rate(model_dir: str, model_cfg: ModelConfig, pairs_path: Path, precomput
         if precomputed:
             trainer = CreamDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                       data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
-                                      peft_config=_peft_config(cfg))
+                                      peft_config=lora_adapter_config(cfg))
         else:
             args.precompute_ref_log_probs = False  # the reference forward runs at every step
             stock = dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps", "consistency"])
             trainer = StockDPOTrainer(model=model, args=args, train_dataset=stock, processing_class=tokenizer,
-                                peft_config=_peft_config(cfg))
+                                peft_config=lora_adapter_config(cfg))
         seconds, _ = timed(trainer.train)
     return len(dataset) / seconds
 
@@ -119,7 +119,8 @@ def main() -> None:
     model_cfg = ModelConfig()
     model_dir = resolve_model_dir(model_cfg, Path("~/.cache/cream").expanduser())
     tokenizer = load_tokenizer(model_dir)
-    params = sum(p.numel() for p in load_base_model(model_dir, model_cfg).parameters())
+    model = load_base_model(model_dir, model_cfg)  # loaded once: parameter count, sampling and scoring
+    params = sum(p.numel() for p in model.parameters())
     rows: list[tuple[str, str, str]] = []
 
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
@@ -131,7 +132,6 @@ def main() -> None:
     prompts = load_prompts(DataConfig(), data_dir, 0)[: args.prompts]
     prompt_ids = [chat_prompt_ids(tokenizer, p["prompt"]) for p in prompts]
     cfg = SamplingConfig(n=args.n, max_new_tokens=args.new_tokens, batch_size=args.prompts * args.n)
-    model = load_base_model(model_dir, model_cfg)
     rate32, samples = sampling_rate(model, tokenizer, prompt_ids, torch.float32, cfg)
     rate16, _ = sampling_rate(model, tokenizer, prompt_ids, torch.bfloat16, cfg)
     rows += [(f"sample HF fp32 ({args.prompts}x{args.n}, {args.new_tokens} tok)", f"{rate32:.1f} tok/s",

@@ -114,7 +114,7 @@ def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int) -> 
     )
 
 
-def _peft_config(cfg: DPOConfig):
+def lora_adapter_config(cfg: DPOConfig):
     from peft import LoraConfig
 
     lora = cfg.lora
@@ -126,7 +126,7 @@ def load_trainable(policy: ModelRef, model_cfg: ModelConfig, dpo_cfg: DPOConfig)
     """The policy M_t as a trainable model: its LoRA adapter continues training, or its full weights do."""
     model = load_base_model(policy.base, model_cfg)
     if policy.adapter is None:
-        return model, (_peft_config(dpo_cfg) if dpo_cfg.lora is not None else None)
+        return model, (lora_adapter_config(dpo_cfg) if dpo_cfg.lora is not None else None)
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, policy.adapter, adapter_name="default", is_trainable=True), None
