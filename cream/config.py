@@ -195,12 +195,28 @@ class DPOConfig:
     bf16: bool = False
     gradient_checkpointing: bool = False
     lora: Optional[LoraConfig] = field(default_factory=LoraConfig)  # null = full fine-tuning
+    # SFT and DPO under `accelerate launch` (cream/launch.py): a shipped name (`deepspeed_zero3`, `fsdp`:
+    # accelerate_configs/<name>.yaml) or the path of an accelerate config file; null = train in the
+    # loop's own process. The loop itself (sampling, scoring, evaluation) stays one process either way.
+    accelerate_config: Optional[str] = None
+    # Training processes (one per GPU); null = the accelerate config's num_processes. The global batch is
+    # batch_size x grad_accum x num_processes.
+    num_processes: Optional[int] = None
 
     def __post_init__(self) -> None:
         _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
         _require(self.lr > 0, "dpo.lr", f"must be > 0, got {self.lr}")
         _require(self.epochs > 0, "dpo.epochs", f"must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, "dpo.batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.grad_accum > 0, "dpo.grad_accum", f"must be > 0, got {self.grad_accum}")
+        _require(self.num_processes is None or self.num_processes >= 1, "dpo.num_processes",
+                 f"must be >= 1 or null, got {self.num_processes}")
+        _require(self.num_processes is None or self.accelerate_config is not None, "dpo.num_processes",
+                 "needs dpo.accelerate_config (without it training runs in the loop's single process)")
+        if self.accelerate_config is not None:
+            from cream.launch import accelerate_config_file
+
+            accelerate_config_file(self.accelerate_config)  # exists and parses, or fails naming the key
 
 
 @dataclass
@@ -240,9 +256,13 @@ class EvalConfig:
     batch_size: int = 8
     max_gen_toks: int = 256
     backend: str = "hf"  # hf | vllm (needs the gpu extra)
+    tensor_parallel_size: int = 1  # GPUs of lm-eval's vLLM engine (backend=vllm)
 
     def __post_init__(self) -> None:
         _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
+        _require(self.backend in ("hf", "vllm"), "eval.backend", f"expected hf or vllm, got {self.backend!r}")
+        _require(self.tensor_parallel_size >= 1, "eval.tensor_parallel_size",
+                 f"must be >= 1, got {self.tensor_parallel_size}")
 
 
 @dataclass

@@ -5,6 +5,9 @@ The subclass changes three things and nothing else:
 - the reference log-probs are the reward stage's, passed as columns, so TRL's precompute pass is skipped;
 - each pair carries its confidence C into the loss `cream_loss` (stock TRL drops extra columns and its
   sigmoid loss ignores label smoothing).
+
+Training runs in the loop's process, or under `accelerate launch` (DeepSpeed ZeRO-3, FSDP) when
+`dpo.accelerate_config` is set (`cream.launch`); the same function runs in either case.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from cream.artifacts import read_jsonl
 from cream.config import DPOConfig, ModelConfig
+from cream.launch import run_training
 from cream.losses import cream_loss, dpo_logits
 from cream.models import ModelRef, load_base_model, load_tokenizer
 
@@ -132,12 +136,21 @@ def load_trainable(policy: ModelRef, model_cfg: ModelConfig, dpo_cfg: DPOConfig)
     return PeftModel.from_pretrained(model, policy.adapter, adapter_name="default", is_trainable=True), None
 
 
-def save_policy(model, out_dir: Path) -> None:
-    """Save M_{t+1}: only the trained adapter (not TRL's frozen "ref" copy), or the full model."""
-    if hasattr(model, "peft_config"):
-        model.save_pretrained(out_dir, selected_adapters=["default"])
-    else:
-        model.save_pretrained(out_dir, safe_serialization=True)
+def save_policy(trainer, out_dir: Path) -> None:
+    """Save M_{t+1}: only the trained adapter (not TRL's frozen "ref" copy), or the full model.
+
+    Called by every training process: under ZeRO-3 or FSDP each holds a shard, and gathering the full
+    weights takes all of them; the main process writes.
+    """
+    accelerator = trainer.accelerator
+    state_dict = accelerator.get_state_dict(trainer.model_wrapped)  # the DeepSpeed engine under ZeRO-3
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(trainer.model)
+        if hasattr(model, "peft_config"):
+            model.save_pretrained(out_dir, selected_adapters=["default"], state_dict=state_dict)
+        else:
+            model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+    accelerator.wait_for_everyone()
 
 
 def last_complete_checkpoint(folder: Path) -> Optional[Path]:
@@ -160,11 +173,26 @@ def train(
     seed: int,
     output_name: str,
 ) -> tuple[ModelRef, dict]:
-    """Train M_t on the pairs; returns M_{t+1} and the stage metrics."""
+    """Train M_t on the pairs; returns M_{t+1} and the stage metrics. In this process, or in
+    `dpo.num_processes` processes under `accelerate launch --config_file dpo.accelerate_config`."""
+    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, pairs_path, stage_dir, seed, output_name)
+
+
+def train_in_process(
+    cfg: DPOConfig,
+    model_cfg: ModelConfig,
+    policy: ModelRef,
+    pairs_path: Path,
+    stage_dir: Path,
+    seed: int,
+    output_name: str,
+) -> tuple[ModelRef, dict]:
+    """`train` in the calling process, one of the launched ones or the loop's own."""
     dataset = pairs_dataset(pairs_path)
     tokenizer = load_tokenizer(policy.base)
-    model, peft_config = load_trainable(policy, model_cfg, cfg)
+    # The arguments first: under DeepSpeed ZeRO-3 they make `from_pretrained` load each rank's shard only.
     args = training_args(cfg, Path(stage_dir) / "checkpoints", seed, len(dataset))
+    model, peft_config = load_trainable(policy, model_cfg, cfg)
     trainer = CreamDPOTrainer(
         model=model,
         args=args,
@@ -176,8 +204,9 @@ def train(
     checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     out_dir = Path(stage_dir) / ("adapter" if hasattr(trainer.model, "peft_config") else "model")
-    save_policy(trainer.model, out_dir)
-    shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are useless once M_{t+1} is saved
+    save_policy(trainer, out_dir)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are useless once M_{t+1} is saved
     history = [h for h in trainer.state.log_history if "loss" in h]
     last = history[-1] if history else {}
     metrics = {
@@ -187,8 +216,10 @@ def train(
         "dpo/accuracy": float(last.get("rewards/accuracies", float("nan"))),
         "dpo/steps": int(trainer.state.global_step),
         "dpo/pairs": len(dataset),
+        "dpo/global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
     if out_dir.name == "adapter":
         return ModelRef(output_name, policy.base, str(out_dir)), metrics
-    tokenizer.save_pretrained(out_dir)
+    if trainer.accelerator.is_main_process:
+        tokenizer.save_pretrained(out_dir)
     return ModelRef(output_name, str(out_dir)), metrics

@@ -19,7 +19,7 @@ task) and `predictions.jsonl` (one record per item) in `out_dir`.
 from __future__ import annotations
 
 import argparse
-import json
+import gc
 import statistics
 import sys
 import time
@@ -138,20 +138,21 @@ def render_task(task: LmTask, data_file: Path, split: str, folder: Path) -> None
     (folder / f"{task.name}.yaml").write_text(yaml.dump(config, Dumper=_Dumper, sort_keys=False))
 
 
-def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int):
-    """lm-eval's model wrapper, loaded once for every task: HF (adapter via `peft`) or vLLM (LoRA)."""
+def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int,
+             tensor_parallel_size: int):
+    """lm-eval's model wrapper, loaded once for every task: HF (adapter via `peft`) or vLLM (LoRA, tensor parallel)."""
     import torch
     from lm_eval.api.registry import get_model
 
+    from cream.vllm_sampling import lora_rank_capacity, release_engine
+
+    release_engine()  # a sampling engine of this process would hold the GPUs lm-eval's model needs
     args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "vllm":
+        args["tensor_parallel_size"] = tensor_parallel_size
         if adapter_dir is not None:
-            rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"]
-            # vLLM accepts power-of-two ranks (16 by default) as its LoRA capacity.
-            args |= {"lora_local_path": str(adapter_dir), "max_lora_rank": max(16, 1 << (rank - 1).bit_length())}
+            args |= {"lora_local_path": str(adapter_dir), "max_lora_rank": lora_rank_capacity(adapter_dir)}
         return get_model("vllm").create_from_arg_obj(args, {"batch_size": batch_size})
-    if backend != "hf":
-        raise ConfigError(f"config key `eval.backend`: expected hf or vllm, got {backend!r}")
     if adapter_dir is not None:
         args["peft"] = str(adapter_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -219,7 +220,7 @@ def evaluate_model(
     if eval_cfg.limit is not None:
         print(f"eval.limit={eval_cfg.limit}: scoring {eval_cfg.limit} items per task (not the full split)")
 
-    lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size)
+    lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size)
     scores, metrics, seconds, predictions = {}, {}, {}, []
     for task, tasks in plan.items():
         start = time.perf_counter()
@@ -247,6 +248,8 @@ def evaluate_model(
             if lm_task.scored:
                 scores[task] = 100.0 * float(results[lm_task.metric])
     scores["average"] = statistics.fmean(scores.values())
+    del lm  # lm-eval's vLLM engine holds its GPUs until collected, and the next stage needs them
+    gc.collect()
 
     write_jsonl(out_dir / "predictions.jsonl", predictions)
     write_json(
@@ -297,6 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
     parser.add_argument("--backend", choices=["hf", "vllm"], default=defaults.backend)
+    parser.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
+                        help="GPUs of the vLLM engine (--backend vllm)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             max_gen_toks=args.max_gen_toks,
             backend=args.backend,
+            tensor_parallel_size=args.tensor_parallel_size,
         )
         data_dir = resolve_data_dir(args.data, DataSource.hub if args.hub else DataSource.local)
         model = args.model or resolve_model_dir(ModelConfig(), Path(PathsConfig().cache).expanduser())

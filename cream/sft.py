@@ -2,6 +2,7 @@
 
 TRL's prompt/completion format masks the prompt; its collator pads labels with -100, never with
 the pad token id (mistake 3 of the published code). `tests/test_sft.py` checks the batch.
+Like DPO, it runs under `accelerate launch` when `dpo.accelerate_config` is set (`cream.launch`).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from trl import SFTTrainer
 from cream.config import DPOConfig, ModelConfig, SFTConfig
 from cream.dpo import last_complete_checkpoint, load_trainable, save_policy
 from cream.errors import StageError
+from cream.launch import run_training
 from cream.models import ModelRef, load_tokenizer
 
 
@@ -24,7 +26,7 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
     from datasets import Dataset
 
     tokenizer = load_tokenizer(m0.base)
-    model, peft_config = load_trainable(m0, model_cfg, dpo_cfg)  # same LoRA settings as DPO
+    # The arguments before the model: under DeepSpeed ZeRO-3 they make `from_pretrained` load each rank's shard only.
     args = TRLSFTConfig(
         output_dir=str(Path(stage_dir) / "checkpoints"),
         learning_rate=cfg.lr,
@@ -44,13 +46,21 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
     )
+    model, peft_config = load_trainable(m0, model_cfg, dpo_cfg)  # same LoRA settings as DPO
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
 
 
 def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
         stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
-    """Fine-tune M0 on the seed examples; returns M1 and the stage metrics."""
+    """Fine-tune M0 on the seed examples; returns M1 and the stage metrics. In this process, or under
+    `accelerate launch` with the training processes of `dpo.accelerate_config`."""
+    return run_training(sft_in_process, dpo_cfg, stage_dir, cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
+
+
+def sft_in_process(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
+                   stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
+    """`sft` in the calling process, one of the launched ones or the loop's own."""
     trainer = build_trainer(cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
     if len(trainer.train_dataset) == 0:
         raise StageError(f"no SFT example fits in sft.max_length={cfg.max_length} tokens with room for its reply")
@@ -58,11 +68,13 @@ def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     peft = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if peft else "model")
-    save_policy(trainer.model, out_dir)
-    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    save_policy(trainer, out_dir)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     metrics = {"sft/loss": float(result.training_loss), "sft/steps": int(trainer.state.global_step),
                "sft/examples": len(examples)}
     if peft:
         return ModelRef("m1", m0.base, str(out_dir)), metrics
-    load_tokenizer(m0.base).save_pretrained(out_dir)
+    if trainer.accelerator.is_main_process:
+        load_tokenizer(m0.base).save_pretrained(out_dir)
     return ModelRef("m1", str(out_dir)), metrics
