@@ -48,6 +48,12 @@ class AgreementMeasure(str, Enum):
     toporder = "toporder"
 
 
+class SamplingBackend(str, Enum):
+    torch = "torch"  # cream's own decoder (cream/decode.py): static KV cache, finished rows dropped
+    hf = "hf"  # transformers `generate`, any architecture
+    vllm = "vllm"  # vLLM offline generation (the `gpu` extra), with tensor parallelism
+
+
 class DataSource(str, Enum):
     auto = "auto"  # the local data directory when it exists, else the hub
     local = "local"
@@ -103,15 +109,20 @@ class ModelConfig:
 
 @dataclass
 class SamplingConfig:
-    backend: str = "hf"
+    backend: SamplingBackend = SamplingBackend.torch
+    dtype: str = "bfloat16"  # weights and activations while sampling; scoring stays in model.dtype
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine (backend=vllm)
     n: int = 4  # responses per prompt
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 128
-    batch_size: int = 16  # sequences per generate call
+    batch_size: int = 64  # sequences per generate call
 
     def __post_init__(self) -> None:
-        _require(self.backend == "hf", "sampling.backend", f"only 'hf' is available, got {self.backend!r}")
+        _require(self.dtype in ("float32", "bfloat16", "float16"), "sampling.dtype",
+                 f"expected float32, bfloat16 or float16, got {self.dtype!r}")
+        _require(self.tensor_parallel_size >= 1, "sampling.tensor_parallel_size",
+                 f"must be >= 1, got {self.tensor_parallel_size}")
         _require(self.n >= 2, "sampling.n", f"pairing needs at least 2 responses per prompt, got {self.n}")
         _require(self.temperature > 0, "sampling.temperature", f"must be > 0, got {self.temperature}")
         _require(0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}")

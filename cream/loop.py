@@ -153,7 +153,7 @@ def run(cfg: Config) -> dict:
 
         current_spec, previous_spec = reward_specs(cfg, models, t)
         run_.stage(t, "reward", [responses], lambda d: (reward(current_spec, previous_spec, pool, responses, d, cfg.rewarder.batch_size,
-                                                               cfg.judge, cfg.model.max_length, cfg.seed * 1000 + t), {}))
+                                                               cfg.judge, cfg.sampling, cfg.model.max_length, cfg.seed * 1000 + t), {}))
         rewards = iter_dir / "reward" / REWARDS
 
         def consistency_fn(d: Path):

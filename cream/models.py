@@ -37,7 +37,7 @@ class ModelRef:
         return {"name": self.name, "base": self.base, "adapter": self.adapter}
 
 
-def _dtype(name: str) -> torch.dtype:
+def dtype_of(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
@@ -146,7 +146,7 @@ def load_base_model(model_dir: str, model_cfg: ModelConfig):
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,
-            dtype=_dtype(model_cfg.dtype),
+            dtype=dtype_of(model_cfg.dtype),
             use_safetensors=True,
             trust_remote_code=model_cfg.trust_remote_code,
         )

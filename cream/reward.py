@@ -17,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from cream.artifacts import read_json, read_jsonl, write_json, write_jsonl
-from cream.config import JudgeConfig, RewarderName
+from cream.config import JudgeConfig, RewarderName, SamplingConfig
 from cream.errors import StageError
 from cream.extract import is_correct
 from cream.judge import judge_scores
@@ -51,14 +51,13 @@ def correctness(row: dict) -> list[bool]:
 
 
 def spec_scores(spec: RewardSpec, rows: list[dict], logps: dict[str, list[float]], judge: JudgeConfig,
-                pool: ModelPool, max_length: int, seed: int, stage_dir: Path) -> tuple[list[list[Optional[float]]], dict]:
+                engine: SamplingConfig, pool: ModelPool, max_length: int, seed: int, stage_dir: Path) -> tuple[list[list[Optional[float]]], dict]:
     """Per prompt, the reward of each of its responses under `spec`, and the rewarder's own statistics."""
     if spec.rewarder == RewarderName.oracle:
         return oracle_scores(rows), {}
     if spec.rewarder == RewarderName.judge:
-        with pool.use(spec.model) as model:
-            return judge_scores(model, load_tokenizer(spec.model.base), judge, rows, max_length, seed,
-                                Path(stage_dir) / "judge" / spec.model.name)
+        return judge_scores(pool, spec.model, judge, engine, rows, max_length, seed,
+                            Path(stage_dir) / "judge" / spec.model.name)
     out, cursor = [], 0
     for row in rows:
         n = len(row["responses"])
@@ -107,6 +106,7 @@ def reward(
     stage_dir: Path,
     batch_size: int,
     judge: JudgeConfig,
+    engine: SamplingConfig,
     max_length: int,
     seed: int,
 ) -> dict:
@@ -133,8 +133,8 @@ def reward(
         write_json(path, values)
         flat[name] = values
 
-    scores, stats = spec_scores(current, rows, flat, judge, pool, max_length, seed, stage_dir)
-    previous_scores = (spec_scores(previous, rows, flat, judge, pool, max_length, seed, stage_dir)[0]
+    scores, stats = spec_scores(current, rows, flat, judge, engine, pool, max_length, seed, stage_dir)
+    previous_scores = (spec_scores(previous, rows, flat, judge, engine, pool, max_length, seed, stage_dir)[0]
                        if previous is not None else [None] * len(rows))
     if stats.get("judge/judgements") and stats["judge/parse_rate"] == 0:
         raise StageError(f"the judge returned no parsable score in {stats['judge/judgements']} judgements: "

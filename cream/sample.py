@@ -1,20 +1,25 @@
-"""Sample stage: N responses per prompt from the current model, with HF `generate` and its KV cache.
+"""Sample stage: N responses per prompt from the current model.
 
-Prompts are sorted by length and generated in chunks; each chunk is kept on disk with its own
-seed, so an interrupted stage resumes at the first missing chunk and reproduces the same text.
+Backends (`sampling.backend`): `torch`, cream's own decoder (cream/decode.py, the default);
+`hf`, transformers' `generate`; `vllm`, for GPUs. Prompts are sorted by length and generated in
+chunks; each chunk is kept on disk with its own seed, so an interrupted stage resumes at the first
+missing chunk and reproduces the same text.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
 
 from cream.artifacts import read_jsonl, write_jsonl
-from cream.config import JudgeConfig, ModelConfig, SamplingConfig
+from cream.config import JudgeConfig, ModelConfig, SamplingBackend, SamplingConfig
+from cream.decode import Decoder
 from cream.errors import StageError
-from cream.models import ModelPool, ModelRef, load_tokenizer
+from cream.models import ModelPool, ModelRef, dtype_of, load_tokenizer
 
 RESPONSES = "responses.jsonl"
 
@@ -34,59 +39,92 @@ def _cut_response(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], 
     return ids, False
 
 
+def _chunk_sampler(model, cfg: SamplingConfig | JudgeConfig, engine: SamplingConfig, eos_id: int, pad_id: int
+                   ) -> Callable[[list[list[int]], int], list[list[int]]]:
+    """A function from (prompts of one chunk, seed) to `cfg.n` generated id lists per prompt, prompt-major."""
+    dtype = dtype_of(engine.dtype)
+    if engine.backend == SamplingBackend.torch:
+        decoder = Decoder(model, dtype)  # weights copied once per stage, LoRA merged
+
+        def torch_chunk(prompts: list[list[int]], seed: int) -> list[list[int]]:
+            generator = torch.Generator().manual_seed(seed)
+            return decoder.generate(prompts, cfg.n, cfg.max_new_tokens, cfg.temperature, cfg.top_p, eos_id, generator)
+
+        return torch_chunk
+    if model.dtype != dtype:  # a copy, so the pool's model keeps the weights scoring reads
+        model = copy.deepcopy(model).to(dtype)
+
+    def hf_chunk(prompts: list[list[int]], seed: int) -> list[list[int]]:
+        torch.manual_seed(seed)
+        width = max(len(p) for p in prompts)
+        pads = [width - len(p) for p in prompts]
+        input_ids = torch.tensor([[pad_id] * k + p for k, p in zip(pads, prompts)])
+        attention = (torch.arange(width)[None, :] >= torch.tensor(pads)[:, None]).long()
+        with torch.inference_mode():
+            out = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention,
+                do_sample=True,
+                temperature=cfg.temperature,
+                top_p=cfg.top_p,
+                top_k=0,
+                max_new_tokens=cfg.max_new_tokens,
+                num_return_sequences=cfg.n,
+                pad_token_id=pad_id,
+                eos_token_id=eos_id,
+            )
+        return out[:, width:].tolist()
+
+    return hf_chunk
+
+
 def generate(
-    model,
+    pool: ModelPool,
+    model_ref: ModelRef,
     tokenizer,
     prompt_ids: list[list[int]],
     cfg: SamplingConfig | JudgeConfig,
+    engine: SamplingConfig,
     seed: int,
     chunk_dir: Path,
     desc: str,
+    max_length: int,
 ) -> list[list[dict]]:
     """`cfg.n` sampled continuations of each prompt, in input order: {"text", "ids", "finished"}.
 
-    Prompts are generated in length order (less padding), `cfg.batch_size // cfg.n` per call, so
-    each prompt is encoded once for its n samples. Every call's output is kept as a chunk file with
-    its own seed: an interrupted run resumes at the first missing chunk with the same results.
+    `cfg` says what to sample (n, temperature, top_p, length, batch); `engine` (the run's sampling
+    config) says with which backend and dtype. Prompts are generated in length order (less padding),
+    `cfg.batch_size // cfg.n` per call. Every call's output is kept as a chunk file with its own
+    seed: an interrupted run resumes at the first missing chunk with the same results.
     """
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if engine.backend == SamplingBackend.vllm:  # one engine call; vLLM schedules its own batches
+        from cream.vllm_sampling import generate_vllm
+
+        generated = generate_vllm(model_ref, prompt_ids, cfg, seed, max_length, engine.dtype, engine.tensor_parallel_size)
+        return [[_response(tokenizer, s["ids"], eos_id, pad_id) for s in row] for row in generated]
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     per_call = max(1, cfg.batch_size // cfg.n)
     chunks = [order[i : i + per_call] for i in range(0, len(order), per_call)]
     results: list[list[dict]] = [[] for _ in prompt_ids]
-    for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
-        path = Path(chunk_dir) / f"{index:05d}.jsonl"
-        if not path.is_file():  # else kept from an interrupted run
-            torch.manual_seed(seed * 1_000_003 + index)
-            width = max(len(prompt_ids[i]) for i in chunk)
-            pads = [width - len(prompt_ids[i]) for i in chunk]
-            input_ids = torch.tensor([[pad_id] * p + prompt_ids[i] for p, i in zip(pads, chunk)])
-            attention = (torch.arange(width)[None, :] >= torch.tensor(pads)[:, None]).long()
-            with torch.inference_mode():
-                out = model.generate(
-                    input_ids=input_ids,
-                    attention_mask=attention,
-                    do_sample=True,
-                    temperature=cfg.temperature,
-                    top_p=cfg.top_p,
-                    top_k=0,
-                    max_new_tokens=cfg.max_new_tokens,
-                    num_return_sequences=cfg.n,
-                    pad_token_id=pad_id,
-                    eos_token_id=eos_id,
-                )
-            generated = out[:, width:].tolist()
-            rows = []
-            for k in range(len(chunk)):
-                samples = []
-                for ids in generated[k * cfg.n : (k + 1) * cfg.n]:
-                    ids, finished = _cut_response(ids, eos_id, pad_id)
-                    samples.append({"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "finished": finished})
-                rows.append({"samples": samples})
-            write_jsonl(path, rows)
-        for i, row in zip(chunk, read_jsonl(path)):
-            results[i] = row["samples"]
+    with pool.use(model_ref) as model:
+        sampler = None  # built at the first missing chunk: a resumed stage may need none
+        for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
+            path = Path(chunk_dir) / f"{index:05d}.jsonl"
+            if not path.is_file():  # else kept from an interrupted run
+                sampler = sampler or _chunk_sampler(model, cfg, engine, eos_id, pad_id)
+                generated = sampler([prompt_ids[i] for i in chunk], seed * 1_000_003 + index)
+                write_jsonl(path, [{"samples": [_response(tokenizer, ids, eos_id, pad_id)
+                                                for ids in generated[k * cfg.n : (k + 1) * cfg.n]]}
+                                   for k in range(len(chunk))])
+            for i, row in zip(chunk, read_jsonl(path)):
+                results[i] = row["samples"]
     return results
+
+
+def _response(tokenizer, ids: list[int], eos_id: int, pad_id: int) -> dict:
+    ids, finished = _cut_response(ids, eos_id, pad_id)
+    return {"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "finished": finished}
 
 
 def sample(
@@ -113,9 +151,8 @@ def sample(
             f"no prompt fits in model.max_length={model_cfg.max_length} minus sampling.max_new_tokens="
             f"{cfg.max_new_tokens} ({too_long} prompts too long)"
         )
-    with pool.use(model_ref) as model:
-        samples = generate(model, tokenizer, [r["prompt_ids"] for r in encoded], cfg, seed,
-                           Path(stage_dir) / "chunks", desc="sample")
+    samples = generate(pool, model_ref, tokenizer, [r["prompt_ids"] for r in encoded], cfg, cfg, seed,
+                       Path(stage_dir) / "chunks", "sample", model_cfg.max_length)
     rows = [{**r, "responses": s} for r, s in zip(encoded, samples)]
     write_jsonl(Path(stage_dir) / RESPONSES, rows)
     responses = [resp for row in rows for resp in row["responses"]]

@@ -65,5 +65,5 @@ def test_nan_log_probs_stop_the_stage_naming_the_model(tiny_model_dir, tmp_path)
             model.model.norm.weight.fill_(float("nan"))  # a broken checkpoint
         spec = RewardSpec(RewarderName.likelihood, m1)
         with pytest.raises(StageError, match="non-finite log-prob under model m1"):
-            reward(spec, None, pool, tmp_path / "s" / "responses.jsonl", tmp_path / "r", 2, JudgeConfig(), 128, 0)
+            reward(spec, None, pool, tmp_path / "s" / "responses.jsonl", tmp_path / "r", 2, JudgeConfig(), SamplingConfig(), 128, 0)
     assert not (tmp_path / "r" / "rewards.jsonl").exists()
