@@ -236,7 +236,8 @@ class SFTConfig:
     max_examples: Optional[int] = 64  # null = the whole seed set
     lr: float = 1e-4
     epochs: float = 1.0
-    batch_size: int = 4
+    batch_size: int = 4  # examples per forward; the optimizer step sees batch_size * grad_accum
+    grad_accum: int = 1
     max_length: int = 512
 
 
@@ -266,12 +267,14 @@ class EvalConfig:
     limit: Optional[int] = None  # items per task; null = the full split
     batch_size: int = 8
     max_gen_toks: int = 256
-    backend: str = "hf"  # hf | vllm (needs the gpu extra)
+    # torch: lm-eval's HF model generating on cream's decoder | hf | vllm (needs the gpu extra)
+    backend: str = "torch"
     tensor_parallel_size: int = 1  # GPUs of lm-eval's vLLM engine (backend=vllm)
 
     def __post_init__(self) -> None:
         _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
-        _require(self.backend in ("hf", "vllm"), "eval.backend", f"expected hf or vllm, got {self.backend!r}")
+        _require(self.backend in ("torch", "hf", "vllm"), "eval.backend",
+                 f"expected torch, hf or vllm, got {self.backend!r}")
         _require(self.tensor_parallel_size >= 1, "eval.tensor_parallel_size",
                  f"must be >= 1, got {self.tensor_parallel_size}")
 

@@ -12,8 +12,8 @@ Two protocols (`eval.protocol`):
 
 Local tasks are rendered from the templates in `cream/tasks/` into `<out_dir>/lm_eval_tasks/`, one
 YAML per task pointing at the absolute path of its split file, so the folder also works with
-`lm_eval --include_path`. Results: `eval.json` (scores in percent, all lm-eval metrics, seconds per
-task) and `predictions.jsonl` (one record per item) in `out_dir`.
+`lm_eval --include_path`. Results: `eval.json` (scores in percent, all lm-eval metrics, items and
+seconds) and `predictions.jsonl` (one record per item) in `out_dir`.
 """
 
 from __future__ import annotations
@@ -156,6 +156,10 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
     if adapter_dir is not None:
         args["peft"] = str(adapter_dir)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if backend == "torch":
+        from cream.lm_eval_decoder import DecoderLM
+
+        return DecoderLM.create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
     return get_model("hf").create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
 
 
@@ -221,24 +225,25 @@ def evaluate_model(
         print(f"eval.limit={eval_cfg.limit}: scoring {eval_cfg.limit} items per task (not the full split)")
 
     lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size)
-    scores, metrics, seconds, predictions = {}, {}, {}, []
+    scores, metrics, predictions = {}, {}, []
+    start = time.perf_counter()
+    # One call for every task: requests of tasks with the same generation settings share batches.
+    result = simple_evaluate(
+        model=lm,
+        tasks=[t.name for tasks in plan.values() for t in tasks],
+        limit=eval_cfg.limit,
+        task_manager=task_manager,
+        apply_chat_template=protocol == EvalProtocol.paper,
+        gen_kwargs={"max_gen_toks": eval_cfg.max_gen_toks},
+        bootstrap_iters=0,  # no stderr resampling: slow on CPU for full splits, and unused
+        log_samples=True,
+        random_seed=seed,
+        numpy_random_seed=seed,
+        torch_random_seed=seed,
+        fewshot_random_seed=seed,
+    )
+    seconds = round(time.perf_counter() - start, 2)
     for task, tasks in plan.items():
-        start = time.perf_counter()
-        result = simple_evaluate(
-            model=lm,
-            tasks=[t.name for t in tasks],
-            limit=eval_cfg.limit,
-            task_manager=task_manager,
-            apply_chat_template=protocol == EvalProtocol.paper,
-            gen_kwargs={"max_gen_toks": eval_cfg.max_gen_toks},
-            bootstrap_iters=0,  # no stderr resampling: slow on CPU for full splits, and unused
-            log_samples=True,
-            random_seed=seed,
-            numpy_random_seed=seed,
-            torch_random_seed=seed,
-            fewshot_random_seed=seed,
-        )
-        seconds[task] = round(time.perf_counter() - start, 2)
         for lm_task in tasks:
             results = result["results"][lm_task.name]
             metrics[lm_task.name] = {k: v for k, v in results.items() if isinstance(v, (int, float))}
@@ -265,6 +270,7 @@ def evaluate_model(
             "model": str(model_dir),
             "adapter": str(adapter_dir) if adapter_dir else None,
             "seconds": seconds,
+            "items": len(predictions),
             "metrics": metrics,
         },
     )
@@ -299,7 +305,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="output folder (default: runs/evaluate/<model>-<protocol>)")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--max-gen-toks", type=int, default=defaults.max_gen_toks)
-    parser.add_argument("--backend", choices=["hf", "vllm"], default=defaults.backend)
+    parser.add_argument("--backend", choices=["torch", "hf", "vllm"], default=defaults.backend)
     parser.add_argument("--tensor-parallel-size", type=int, default=defaults.tensor_parallel_size,
                         help="GPUs of the vLLM engine (--backend vllm)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")

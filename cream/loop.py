@@ -124,9 +124,9 @@ def run(cfg: Config) -> dict:
             pool.release()  # lm-eval loads its own copy
             result = evaluate_model(cfg.eval, data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
                                     stage_dir, dtype=cfg.model.dtype, seed=cfg.seed)
-            seconds = read_json(stage_dir / "eval.json")["seconds"]
+            timing = read_json(stage_dir / "eval.json")
             metrics = {f"eval/{task}": score for task, score in result.items()}
-            metrics.update({f"time/eval_{task}": s for task, s in seconds.items()})
+            metrics["time/eval_items_per_s"] = timing["items"] / max(timing["seconds"], 1e-9)
             return metrics, {"model": model.as_dict()}
 
         metrics, _ = run_.stage(iteration, name, [], fn)

@@ -32,6 +32,7 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
         per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length,
         completion_only_loss=True,
         bf16=dpo_cfg.bf16,
@@ -40,7 +41,7 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         warmup_steps=0.1,
         logging_steps=5,
         save_strategy="steps",  # resume points: an interrupted SFT continues from its last checkpoint
-        save_steps=max(1, len(examples) // cfg.batch_size // 4),
+        save_steps=max(1, len(examples) // (cfg.batch_size * cfg.grad_accum) // 4),
         save_total_limit=1,
         report_to=[],
         seed=seed,

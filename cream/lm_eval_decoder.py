@@ -1,0 +1,36 @@
+"""lm-eval's HF model with generation on cream's decoder (`eval.backend: torch`).
+
+Only `_model_generate` changes: lm-eval still builds the prompts, batches and truncates them, cuts
+each output at its stop strings and computes log-likelihoods with the HF model. The decoder stops
+a row at the end-of-turn token only, so a row may run past a stop string; lm-eval's cut makes the
+text the same as under transformers' `generate` (greedy decoding is deterministic).
+"""
+
+from __future__ import annotations
+
+import torch
+from lm_eval.models.huggingface import HFLM
+
+from cream.decode import Decoder
+
+
+class DecoderLM(HFLM):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._decoder: Decoder | None = None  # built at the first generation request
+
+    def _model_generate(self, context: torch.Tensor, max_length: int, stop: list[str], **kwargs) -> torch.Tensor:
+        if self._decoder is None:
+            self._decoder = Decoder(self.model, self.model.dtype)
+        mask = kwargs.get("attention_mask", torch.ones_like(context))
+        prompts = [row[m.bool()].tolist() for row, m in zip(context, mask)]  # left padding removed
+        sampled = kwargs.get("do_sample") and kwargs.get("temperature", 0.0) > 0
+        generator = torch.Generator().manual_seed(int(kwargs.get("seed", 0) or 0))
+        generated = self._decoder.generate(
+            prompts, 1, max_length - context.shape[1], kwargs["temperature"] if sampled else 0.0,
+            kwargs.get("top_p", 1.0) or 1.0, self.eot_token_id, generator,
+        )
+        width = max(len(g) for g in generated)
+        pad = self.tokenizer.pad_token_id
+        continuation = torch.tensor([g + [pad] * (width - len(g)) for g in generated], dtype=context.dtype)
+        return torch.cat([context, continuation], dim=1)
