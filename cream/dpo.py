@@ -201,8 +201,17 @@ def train_in_process(
         data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
         peft_config=peft_config,
     )
+    # Counted, not inferred: every sequence through the backbone. With the reward stage's reference
+    # log-probs that is 2 per pair and epoch (chosen, rejected); a reference pass would double it.
+    forwarded = [0]
+    backbone = trainer.accelerator.unwrap_model(trainer.model)
+    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    hook = backbone.model.register_forward_pre_hook(
+        lambda _, args, kwargs: forwarded.__setitem__(0, forwarded[0] + len((args or [kwargs["input_ids"]])[0])),
+        with_kwargs=True)
     checkpoint = last_complete_checkpoint(Path(args.output_dir))
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    hook.remove()
     out_dir = Path(stage_dir) / ("adapter" if hasattr(trainer.model, "peft_config") else "model")
     save_policy(trainer, out_dir)
     if trainer.accelerator.is_main_process:
@@ -216,6 +225,7 @@ def train_in_process(
         "dpo/accuracy": float(last.get("rewards/accuracies", float("nan"))),
         "dpo/steps": int(trainer.state.global_step),
         "dpo/pairs": len(dataset),
+        "dpo/forward_sequences": forwarded[0],
         "dpo/global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
     if out_dir.name == "adapter":

@@ -120,6 +120,7 @@ def reward(
     sequences = [(row["prompt_ids"], resp["ids"]) for row in rows for resp in row["responses"]]
     needed = {m.name: m for m in [current.model, *current.logp_models(), *(previous.logp_models() if previous else [])]}
     flat: dict[str, list[float]] = {}
+    computed = 0  # (model, sequence) log-probs computed here; every later use reads them
     for name, ref in needed.items():
         path = Path(stage_dir) / "logps" / f"{name}.json"
         if path.is_file():  # kept from an interrupted run
@@ -131,6 +132,7 @@ def reward(
         if bad:
             raise StageError(f"non-finite log-prob under model {name} for {len(bad)} responses (first: sequence {bad[0]} of {samples_path})")
         write_json(path, values)
+        computed += len(values)
         flat[name] = values
 
     scores, stats = spec_scores(current, rows, flat, judge, engine, pool, max_length, seed, stage_dir)
@@ -166,7 +168,7 @@ def reward(
         "reward/std": float(valid.std()),
         "reward/min": float(valid.min()),
         "reward/max": float(valid.max()),
-        "reward/forward_passes": len(needed) * len(sequences),
+        "reward/forward_passes": computed,
         "reward/models_scored": len(needed),
         **stats,
     }

@@ -84,4 +84,5 @@ def test_training_runs_through_the_hook_and_saves_an_adapter(setup, tiny_model_d
     assert new.adapter is not None and (tmp_path / "train" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "train" / "adapter" / "ref").exists()  # TRL's frozen copy is not saved
     assert metrics["dpo/steps"] == 1 and metrics["dpo/pairs"] == 3
+    assert metrics["dpo/forward_sequences"] == 2 * 3  # chosen and rejected under the policy; no reference pass
     assert metrics["dpo/loss"] > 0
