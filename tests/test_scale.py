@@ -62,7 +62,8 @@ def test_llama_presets_sample_on_vllm_and_train_under_accelerate(experiment):
 
 def test_cpu_presets_train_in_process():
     cfg = _load(["experiment=cream_smollm"])
-    assert cfg.dpo.accelerate_config is None and cfg.dpo.num_processes is None and cfg.eval.backend == "hf"
+    assert cfg.dpo.accelerate_config is None and cfg.dpo.num_processes is None
+    assert cfg.sampling.backend.value == "torch" and cfg.eval.backend == "torch"  # cream's decoder on CPUs
 
 
 @pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
@@ -88,7 +89,7 @@ def test_both_shipped_configs_exist():
         ("dpo.num_processes=0", "must be >= 1"),
         ("dpo.num_processes=2", "needs dpo.accelerate_config"),
         ("eval.tensor_parallel_size=0", "must be >= 1"),
-        ("eval.backend=tgi", "expected hf or vllm"),
+        ("eval.backend=tgi", "expected torch, hf or vllm"),
     ],
 )
 def test_bad_scale_settings_name_the_key(override, message):
