@@ -71,31 +71,66 @@ def spec_scores(spec: RewardSpec, rows: list[dict], logps: dict[str, list[float]
     return out, {}
 
 
-def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, desc: str) -> list[float]:
+def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, desc: str,
+                      share_prompts: bool = True) -> list[float]:
     """Summed log-probs of each response given its prompt; prompt and padding masked out.
 
-    Sequences are batched in length order (less padding) and right-padded exactly as the DPO
-    collator pads them; the result comes back in input order.
+    Each prompt but its last token is encoded once per batch, its KV cache repeated for its
+    responses; then the last prompt token and each response run on top of it. With `share_prompts`
+    the responses of a prompt share that encoding (the prompt is most of each sequence, so this is a
+    fraction of the work); without, every sequence encodes its own prompt, as whole-sequence scoring.
+    Batches of about `batch_size` responses in prompt-length order; results in input order.
     """
-    order = sorted(range(len(sequences)), key=lambda i: len(sequences[i][0]) + len(sequences[i][1]))
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (prompt, _) in enumerate(sequences):
+        if len(prompt) < 2:
+            raise StageError(f"sequence {i}: a prompt of {len(prompt)} token(s); scoring needs at least 2")
+        groups.setdefault(tuple(prompt) if share_prompts else (i, *prompt), []).append(i)
+    batches, current = [], []
+    for key in sorted(groups, key=len):  # whole groups per batch, about batch_size responses each
+        current.append(key)
+        if sum(len(groups[k]) for k in current) >= batch_size:
+            batches.append(current)
+            current = []
+    batches += [current] if current else []
     result = [0.0] * len(sequences)
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch"):
-        idx = order[start : start + batch_size]
-        width = max(len(sequences[i][0]) + len(sequences[i][1]) for i in idx)
-        input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        labels = torch.full((len(idx), width), -100, dtype=torch.long)
-        attention = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            prompt, response = sequences[i]
-            n = len(prompt) + len(response)
-            input_ids[row, :n] = torch.tensor(prompt + response)
-            attention[row, :n] = 1
-            labels[row, len(prompt) : n] = torch.tensor(response, dtype=torch.long)
-        with torch.inference_mode():
-            out = model(input_ids=input_ids, attention_mask=attention, labels=labels, fused_lm_head=True, use_cache=False)
-        for row, value in enumerate(out.log_probs.float().sum(dim=1).tolist()):
-            result[idx[row]] = value
+    for batch in tqdm(batches, desc=desc, unit="batch"):
+        members = [i for key in batch for i in groups[key]]
+        prompts = [sequences[groups[key][0]][0] for key in batch]
+        owner = [g for g, key in enumerate(batch) for _ in groups[key]]
+        values = _score_batch(model, prompts, owner, [sequences[i][1] for i in members], pad_id)
+        for i, value in zip(members, values):
+            result[i] = value
     return result
+
+
+def _score_batch(model, prompts: list[list[int]], owner: list[int], responses: list[list[int]], pad_id: int) -> list[float]:
+    """Summed log-probs of `responses[j]` after `prompts[owner[j]]`: one prefix pass, one suffix pass."""
+    backbone = (model.get_base_model() if hasattr(model, "get_base_model") else model).model  # adapters included
+    width = max(len(p) for p in prompts) - 1
+    prefix = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for g, prompt in enumerate(prompts):  # left-padded, so every prefix ends at the last cache slot
+        prefix[g, width - len(prompt) + 1 :] = torch.tensor(prompt[:-1])
+        prefix_mask[g, width - len(prompt) + 1 :] = 1
+    span = max(len(r) for r in responses) + 1
+    suffix = torch.full((len(responses), span), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(responses), span), dtype=torch.long)
+    labels = torch.full((len(responses), span), -100, dtype=torch.long)
+    for j, (g, response) in enumerate(zip(owner, responses)):
+        suffix[j, : len(response) + 1] = torch.tensor(prompts[g][-1:] + response)
+        suffix_mask[j, : len(response) + 1] = 1
+        labels[j, 1 : len(response) + 1] = torch.tensor(response, dtype=torch.long)
+    rows = torch.tensor(owner)
+    starts = torch.tensor([len(prompts[g]) - 1 for g in owner])
+    with torch.inference_mode():
+        cache = backbone(input_ids=prefix, attention_mask=prefix_mask,
+                         position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True).past_key_values
+        cache.batch_select_indices(rows)  # each response gets its prompt's cache rows
+        out = model(input_ids=suffix, attention_mask=torch.cat([prefix_mask[rows], suffix_mask], dim=1),
+                    position_ids=starts[:, None] + torch.arange(span)[None], past_key_values=cache,
+                    labels=labels, fused_lm_head=True)
+    return out.log_probs.float().sum(dim=1).tolist()
 
 
 def reward(

@@ -46,6 +46,31 @@ def test_batched_scoring_equals_one_by_one_and_masks_the_prompt(tiny_model_dir):
     assert batched[0] == pytest.approx(manual, abs=1e-4)
 
 
+def test_responses_sharing_a_prompt_score_as_whole_sequences_under_an_adapter(tiny_model_dir):
+    """The prompt's encoding is shared among its responses (adapters applied there too)."""
+    from peft import LoraConfig, get_peft_model
+
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = get_peft_model(load_base_model(str(tiny_model_dir), TINY), LoraConfig(r=4, target_modules=["q_proj", "up_proj"]))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(std=0.5, generator=torch.Generator().manual_seed(0))
+    model.eval()
+    long, short = chat_prompt_ids(tokenizer, "Explain why the sky is blue, briefly."), chat_prompt_ids(tokenizer, "Hi")
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in ("Rayleigh scattering.", "No idea", "")]
+    seqs = [(long, answers[0]), (short, answers[1]), (long, answers[1]), (long, answers[2]), (short, answers[0])]
+    shared = sequence_logprobs(model, seqs, 4, tokenizer.pad_token_id, "t")
+    alone = sequence_logprobs(model, seqs, 4, tokenizer.pad_token_id, "t", share_prompts=False)
+    with torch.no_grad():
+        whole = []
+        for prompt, response in seqs:
+            logits = model(input_ids=torch.tensor([prompt + response])).logits[0, :-1].log_softmax(-1)
+            targets = torch.tensor(prompt + response)[1:]
+            whole.append(logits[torch.arange(len(targets)), targets][len(prompt) - 1 :].sum().item())
+    assert shared == pytest.approx(whole, abs=1e-4) and alone == pytest.approx(whole, abs=1e-4)
+    assert shared[3] == 0.0  # an empty response has no token to score
+
+
 def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_model_dir, tmp_path):
     prompts = [{"id": "short", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"},
                {"id": "long", "task": "gsm8k", "prompt": "word " * 200, "answer": "1"}]
