@@ -140,7 +140,8 @@ def render_task(task: LmTask, data_file: Path, split: str, folder: Path) -> None
 
 def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int,
              tensor_parallel_size: int):
-    """lm-eval's model wrapper, loaded once for every task: HF (adapter via `peft`) or vLLM (LoRA, tensor parallel)."""
+    """lm-eval's model, loaded once for every task: HF (adapter via `peft`; generation on cream's decoder
+    with backend torch) or vLLM (LoRA, tensor parallel)."""
     import torch
     from lm_eval.api.registry import get_model
 
