@@ -73,8 +73,9 @@ def _measured(fn, *args):
 
 def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b  # warm-up
-    best = min(timed(lambda: a @ b)[0] for _ in range(5))
+    for _ in range(3):  # warm-up: one was not enough once (208 instead of about 400 GFLOP/s in bf16)
+        a @ b
+    best = min(timed(lambda: a @ b)[0] for _ in range(10))
     return 2 * n**3 / best / 1e9
 
 
