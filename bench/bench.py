@@ -106,7 +106,8 @@ def decode_step_rate(model_dir: str, rows: int, slots: int = 256) -> float:
 def score_ours(model_dir: str, refs: list[ModelRef], sequences, batch: int, pad_id: int) -> float:
     """Seconds to score every sequence under each role: one base with adapters, length-sorted batches."""
     pool = ModelPool(ModelConfig())
-    pool.use(refs[0]).__enter__()  # the base load, as in the loop, where the pool is already warm
+    with pool.use(refs[0]):  # the base stays loaded, as in the loop, where the pool is already warm
+        pass
 
     def run():
         for ref in refs:
@@ -225,7 +226,7 @@ def main() -> None:
     # Sampling: the run's iteration-1 prompts at the default sampling settings.
     responses = read_jsonl(run / "iter_1" / "sample" / "responses.jsonl")
     prompt_ids = [r["prompt_ids"] for r in responses]
-    default = SamplingConfig(**{k: v for k, v in config["sampling"].items()})
+    default = SamplingConfig(**config["sampling"])
     shape = f"{len(prompt_ids)}x{default.n}, {default.max_new_tokens} tok, batch {default.batch_size}"
     rates = {}
     for backend, dtype in [("hf", "float32"), ("hf", "bfloat16"), ("torch", "float32"), ("torch", "bfloat16")]:
