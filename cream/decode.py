@@ -22,10 +22,10 @@ SUPPORTED = ("llama",)  # decoder layout implemented below (Llama 2/3, SmolLM2)
 CANDIDATES = (64, 1024, 1 << 62)  # top-k tried in turn for the nucleus; the last means all
 
 
-def _effective_linear(module: torch.nn.Module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Weight and bias the module applies now: a LoRA layer's active adapters merged, none when disabled."""
+def _effective_weight(module: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
+    """The weight the module applies now: a LoRA layer's active adapters merged, none when disabled."""
     if isinstance(module, torch.nn.Linear):
-        return module.weight.detach().to(dtype), None if module.bias is None else module.bias.detach().to(dtype)
+        return module.weight.detach().to(dtype)
     base = getattr(module, "base_layer", None)
     if not isinstance(base, torch.nn.Linear) or not hasattr(module, "get_delta_weight"):
         raise ConfigError(f"config key `sampling.backend`: the torch decoder cannot read weights of {type(module).__name__}; use hf")
@@ -34,14 +34,13 @@ def _effective_linear(module: torch.nn.Module, dtype: torch.dtype) -> tuple[torc
         for name in module.active_adapters:
             if name in module.lora_A:
                 weight += module.get_delta_weight(name)
-    return weight.to(dtype), None if base.bias is None else base.bias.detach().to(dtype)
+    return weight.to(dtype)
 
 
 @dataclass
 class _Layer:
     input_norm: torch.Tensor
     qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
     o: torch.Tensor
     post_norm: torch.Tensor
     gate_up: torch.Tensor
@@ -59,8 +58,8 @@ class Decoder:
                 f"config key `sampling.backend`: the torch decoder supports {', '.join(SUPPORTED)} models, "
                 f"not {config.model_type!r}; set sampling.backend=hf"
             )
-        if getattr(config, "mlp_bias", False):
-            raise ConfigError("config key `sampling.backend`: the torch decoder has no MLP bias; set sampling.backend=hf")
+        if getattr(config, "mlp_bias", False) or getattr(config, "attention_bias", False):
+            raise ConfigError("config key `sampling.backend`: the torch decoder has no projection biases; set sampling.backend=hf")
         inner = lm.model
         self.dtype = dtype
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
@@ -69,21 +68,17 @@ class Decoder:
         self.rotary = inner.rotary_emb  # computes cos/sin for any position, whatever the rope scaling
         self.embed = inner.embed_tokens.weight.detach().to(dtype)
         self.norm = inner.norm.weight.detach().to(dtype)
-        self.lm_head = _effective_linear(lm.lm_head, dtype)[0]
+        self.lm_head = _effective_weight(lm.lm_head, dtype)
         self.layers = []
         for layer in inner.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            q, k, v = (_effective_linear(m, dtype) for m in (attn.q_proj, attn.k_proj, attn.v_proj))
-            biases = [b for _, b in (q, k, v)]
             self.layers.append(_Layer(
                 input_norm=layer.input_layernorm.weight.detach().to(dtype),
-                qkv=torch.cat([q[0], k[0], v[0]]),
-                qkv_bias=None if all(b is None for b in biases) else torch.cat(
-                    [b if b is not None else torch.zeros(w.shape[0], dtype=dtype) for (w, _), b in zip((q, k, v), biases)]),
-                o=_effective_linear(attn.o_proj, dtype)[0],
+                qkv=torch.cat([_effective_weight(m, dtype) for m in (attn.q_proj, attn.k_proj, attn.v_proj)]),
+                o=_effective_weight(attn.o_proj, dtype),
                 post_norm=layer.post_attention_layernorm.weight.detach().to(dtype),
-                gate_up=torch.cat([_effective_linear(mlp.gate_proj, dtype)[0], _effective_linear(mlp.up_proj, dtype)[0]]),
-                down=_effective_linear(mlp.down_proj, dtype)[0],
+                gate_up=torch.cat([_effective_weight(m, dtype) for m in (mlp.gate_proj, mlp.up_proj)]),
+                down=_effective_weight(mlp.down_proj, dtype),
             ))
 
     def _rms(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -107,7 +102,7 @@ class Decoder:
         q_size, kv_size = self.heads * self.head_dim, self.kv_heads * self.head_dim
         group = self.heads // self.kv_heads
         for layer, (k_cache, v_cache) in zip(self.layers, cache):
-            qkv = F.linear(self._rms(x, layer.input_norm), layer.qkv, layer.qkv_bias)
+            qkv = F.linear(self._rms(x, layer.input_norm), layer.qkv)
             q, k, v = qkv.split([q_size, kv_size, kv_size], dim=-1)
             q = self._rope(q.view(batch, length, self.heads, self.head_dim).transpose(1, 2), cos, sin)
             k_cache[:, :, start:end] = self._rope(k.view(batch, length, self.kv_heads, self.head_dim).transpose(1, 2), cos, sin)

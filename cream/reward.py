@@ -77,8 +77,8 @@ def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch
 
     Each prompt but its last token is encoded once per batch, its KV cache repeated for its
     responses; then the last prompt token and each response run on top of it. With `share_prompts`
-    the responses of a prompt share that encoding (the prompt is most of each sequence, so this is a
-    fraction of the work); without, every sequence encodes its own prompt, as whole-sequence scoring.
+    the responses of a prompt share that encoding (the prompt is over half of each sequence in the
+    default run); without, every sequence encodes its own prompt: the work of whole-sequence scoring.
     Batches of about `batch_size` responses in prompt-length order; results in input order.
     """
     groups: dict[tuple[int, ...], list[int]] = {}
