@@ -40,9 +40,10 @@ from cream.config import (  # noqa: E402
     SamplingConfig,
 )
 from cream.data import resolve_data_dir  # noqa: E402
-from cream.models import ModelPool, ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
-from cream.reward import sequence_logprobs  # noqa: E402
-from cream.sample import generate  # noqa: E402
+from cream.model_pool import ModelPool  # noqa: E402
+from cream.models import ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.scoring import sequence_logprobs  # noqa: E402
+from cream.generation import generate  # noqa: E402
 
 Row = tuple[str, str, str]
 
@@ -85,7 +86,7 @@ def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConf
     with tempfile.TemporaryDirectory() as chunks:
         seconds, samples = timed(lambda: generate(pool, ModelRef("m", model_dir), tokenizer, prompt_ids, cfg, cfg, 0,
                                                   Path(chunks), "bench sample", 2048))
-    return sum(len(s["ids"]) for row in samples for s in row) / seconds
+    return sum(len(s.ids) for row in samples for s in row) / seconds
 
 
 def decode_step_rate(model_dir: str, rows: int, slots: int = 256) -> float:
@@ -137,7 +138,8 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
     or TRL's DPOTrainer computing the reference log-probs itself."""
     from trl import DPOTrainer
 
-    from cream.dpo import CreamDPOTrainer, PreferenceCollatorWithConsistency, lora_adapter_config, pairs_dataset, training_args
+    from cream.dpo_trainer import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, training_args
+    from cream.finetune import lora_adapter_config
 
     class StockDPOTrainer(DPOTrainer):  # TRL as shipped, on the same pre-tokenized pairs
         def _prepare_dataset(self, dataset, *args, **kwargs):
@@ -164,7 +166,7 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
 
 def eval_rate(model_dir: str, data_dir: str, protocol: str, backend: str, limit: int, max_gen_toks: int) -> tuple[float, float]:
     """Items/s and average score of one evaluation of M0."""
-    from cream.evaluate import evaluate_model
+    from cream.evaluation import evaluate_model
 
     cfg = EvalConfig(protocol=EvalProtocol(protocol), backend=backend, limit=limit, max_gen_toks=max_gen_toks,
                      batch_size=32 if protocol == "paper" else 8)

@@ -65,6 +65,11 @@ def read_json(path: Path) -> Any:
 
 def iter_jsonl(path: Path) -> Iterator[dict]:
     """Rows of a JSONL file; a bad line raises DataError naming file:line. Blank lines are skipped."""
+    return (row for _, row in iter_numbered_jsonl(path))
+
+
+def iter_numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of each non-blank line of a JSONL file, as `iter_jsonl` reads them."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
@@ -82,7 +87,7 @@ def iter_jsonl(path: Path) -> Iterator[dict]:
                 raise DataError(f"{path}:{lineno}: malformed JSON: {e.msg}") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            yield row
+            yield lineno, row
 
 
 def read_jsonl(path: Path) -> list[dict]:

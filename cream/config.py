@@ -1,21 +1,31 @@
-"""Typed configuration: one dataclass per Hydra group, validated before any model loads.
+"""Typed configuration: one dataclass per Hydra group, the single source of every default.
 
-`conf/` holds the YAML options of each group; these dataclasses are their schema. `load_config`
-merges the composed Hydra config into the schema, so an unknown key, a wrong type or an invalid
-choice fails with the key's full name, and range checks in `__post_init__` name the key too.
+The dataclasses are registered in Hydra's ConfigStore as `cream_schema`, the first entry of
+`conf/config.yaml`'s defaults list: Hydra composes the YAML options of `conf/<group>/` over them, and
+each option file states only what it changes. So a typo in a key, a wrong type or an invalid choice
+fails at composition, naming the key; `load_config` then runs the range checks of `__post_init__`.
+This module imports no runtime module of the harness.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import Any, Optional
 
+from pathlib import Path
+
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cream.errors import ConfigError
+from cream.prompts import SRLM_JUDGE_TEMPLATE
+
+# Shipped accelerate configs: `dpo.accelerate_config=<name>`. A folder beside conf/, not inside it: Hydra
+# would list conf/accelerate/ as a config group, and these files are accelerate's schema, not ours.
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 
 
 class ModelSource(str, Enum):
@@ -82,13 +92,30 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key `{key}`: {message}")
 
 
+
+def accelerate_config_file(value: str, key: str = "dpo.accelerate_config"):
+    """The file an `accelerate_config` key names and its parsed config (accelerate's own loader checks it)."""
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    shipped = "/" not in value and Path(value).suffix not in (".yaml", ".yml", ".json")
+    path = ACCELERATE_CONFIGS / f"{value}.yaml" if shipped else Path(value).expanduser()
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+        raise ConfigError(f"config key `{key}`: {path} not found; give one of {names} "
+                          "(accelerate_configs/) or the path of an accelerate config file")
+    try:
+        return path, load_config_from_file(str(path))
+    except Exception as e:  # accelerate raises ValueError, TypeError or a YAML error for a bad file
+        raise ConfigError(f"config key `{key}`: {path} is not a valid accelerate config: {e}") from None
+
+
 @dataclass
 class PathsConfig:
     # Local data directory in the schema of SOURCES.md; null = ../shared/benchmarks beside the
     # repository when it exists, else the hub.
     data: Optional[str] = None
     runs: str = "runs"
-    cache: str = "~/.cache/cream"
+    cache: str = "~/.cache/cream"  # where the embedded model is converted once to safetensors
 
 
 @dataclass
@@ -96,7 +123,7 @@ class ModelConfig:
     name: str = "smollm2_135m"
     source: ModelSource = ModelSource.embedded
     # hub id or folder (source=hub); the GGUF file name inside the wheel (source=embedded)
-    path: str = ""
+    path: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
     dtype: str = "float32"
     trust_remote_code: bool = False
     max_length: int = 2048  # prompt + response tokens the model may see
@@ -116,7 +143,7 @@ class SamplingConfig:
     temperature: float = 0.8
     top_p: float = 0.95
     max_new_tokens: int = 128
-    batch_size: int = 64  # sequences per generate call
+    batch_size: int = 64  # sequences per generate call (prompts per call = batch_size // n)
 
     def __post_init__(self) -> None:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "sampling.dtype",
@@ -133,9 +160,9 @@ class SamplingConfig:
 @dataclass
 class RewarderConfig:
     name: RewarderName = RewarderName.implicit
-    # pi_ref of the implicit reward r = log pi_t - log pi_ref (paper: M0 at every iteration)
+    # pi_ref of the implicit reward r = log pi_t - log pi_ref (paper: M0 at every iteration); other rewarders ignore it
     reference: ModelRole = ModelRole.m0
-    batch_size: int = 8
+    batch_size: int = 8  # responses per scoring forward (also the DPO reference log-probs)
 
     def __post_init__(self) -> None:
         _require(self.batch_size > 0, "rewarder.batch_size", f"must be > 0, got {self.batch_size}")
@@ -143,11 +170,15 @@ class RewarderConfig:
 
 @dataclass
 class JudgeConfig:
-    """SRLM's LLM-as-a-judge: the template gets `{prompt}` and `{response}`; `pattern` captures the score."""
+    """SRLM's LLM-as-a-judge: the template gets `{prompt}` and `{response}`; `pattern` captures the score.
 
-    template: str = "{prompt}\n{response}\nScore: "
+    A judgement counts only when `pattern` finds the same score every time it appears, within
+    [min_score, max_score]; otherwise it is dropped and counted.
+    """
+
+    template: str = SRLM_JUDGE_TEMPLATE
     reply_prefix: str = ""  # the judge's reply is prefilled with this (e.g. "Score:" for small models)
-    pattern: str = r"(?i)score\s*:\s*(\d+)"
+    pattern: str = r"(?i)score\s*:\s*\**\s*(\d+)(?:\s*/\s*5\b)?(?!\s*/|\.\d|\d)"
     min_score: int = 0
     max_score: int = 5
     samples: int = 3  # judgements per response, averaged
@@ -157,7 +188,7 @@ class JudgeConfig:
     batch_size: int = 12
 
     @property
-    def n(self) -> int:  # what `sample.generate` reads: samples per prompt
+    def n(self) -> int:  # what `generation.generate` reads: samples per prompt
         return self.samples
 
     def __post_init__(self) -> None:
@@ -195,18 +226,21 @@ class LoraConfig:
 
 
 @dataclass
-class DPOConfig:
-    beta: float = 0.1
+class TrainingConfig:
+    """What SFT and DPO share: the optimizer schedule, precision, LoRA and the launcher."""
+
     lr: float = 5e-5
     epochs: float = 1.0
-    batch_size: int = 4
-    grad_accum: int = 1
+    # 1 example per forward, 4 per optimizer step: the same updates as batches of 4 with a quarter of
+    # the activation memory, and faster on a CPU (BENCHMARKS.md)
+    batch_size: int = 1
+    grad_accum: int = 4
     warmup_ratio: float = 0.1
     scheduler: str = "cosine"
     bf16: bool = False
     gradient_checkpointing: bool = False
     lora: Optional[LoraConfig] = field(default_factory=LoraConfig)  # null = full fine-tuning
-    # SFT and DPO under `accelerate launch` (cream/launch.py): a shipped name (`deepspeed_zero3`, `fsdp`:
+    # Training under `accelerate launch` (cream/launch.py): a shipped name (`deepspeed_zero3`, `fsdp`:
     # accelerate_configs/<name>.yaml) or the path of an accelerate config file; null = train in the
     # loop's own process. The loop itself (sampling, scoring, evaluation) stays one process either way.
     accelerate_config: Optional[str] = None
@@ -214,31 +248,41 @@ class DPOConfig:
     # batch_size x grad_accum x num_processes.
     num_processes: Optional[int] = None
 
-    def __post_init__(self) -> None:
-        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
-        _require(self.lr > 0, "dpo.lr", f"must be > 0, got {self.lr}")
-        _require(self.epochs > 0, "dpo.epochs", f"must be > 0, got {self.epochs}")
-        _require(self.batch_size > 0, "dpo.batch_size", f"must be > 0, got {self.batch_size}")
-        _require(self.grad_accum > 0, "dpo.grad_accum", f"must be > 0, got {self.grad_accum}")
-        _require(self.num_processes is None or self.num_processes >= 1, "dpo.num_processes",
-                 f"must be >= 1 or null, got {self.num_processes}")
-        _require(self.num_processes is None or self.accelerate_config is not None, "dpo.num_processes",
-                 "needs dpo.accelerate_config (without it training runs in the loop's single process)")
-        if self.accelerate_config is not None:
-            from cream.launch import accelerate_config_file
+    _group = "dpo"  # the config group, for error messages
 
-            accelerate_config_file(self.accelerate_config)  # exists and parses, or fails naming the key
+    def __post_init__(self) -> None:
+        g = self._group
+        _require(self.lr > 0, f"{g}.lr", f"must be > 0, got {self.lr}")
+        _require(self.epochs > 0, f"{g}.epochs", f"must be > 0, got {self.epochs}")
+        _require(self.batch_size > 0, f"{g}.batch_size", f"must be > 0, got {self.batch_size}")
+        _require(self.grad_accum > 0, f"{g}.grad_accum", f"must be > 0, got {self.grad_accum}")
+        _require(self.num_processes is None or self.num_processes >= 1, f"{g}.num_processes",
+                 f"must be >= 1 or null, got {self.num_processes}")
+        _require(self.num_processes is None or self.accelerate_config is not None, f"{g}.num_processes",
+                 f"needs {g}.accelerate_config (without it training runs in the loop's single process)")
+        if self.accelerate_config is not None:
+            accelerate_config_file(self.accelerate_config, f"{g}.accelerate_config")  # exists and parses
 
 
 @dataclass
-class SFTConfig:
+class DPOConfig(TrainingConfig):
+    beta: float = 0.1
+
+    _group = "dpo"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.beta > 0, "dpo.beta", f"must be > 0, got {self.beta}")
+
+
+@dataclass
+class SFTConfig(TrainingConfig):
     enabled: bool = True
-    max_examples: Optional[int] = 64  # null = the whole seed set
     lr: float = 1e-4
-    epochs: float = 1.0
-    batch_size: int = 4  # examples per forward; the optimizer step sees batch_size * grad_accum
-    grad_accum: int = 1
-    max_length: int = 512
+    max_examples: Optional[int] = 32  # null = the whole seed set
+    max_length: int = 256
+
+    _group = "sft"
 
 
 @dataclass
@@ -263,10 +307,11 @@ class EvalConfig:
     tasks: list[str] = field(
         default_factory=lambda: ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
     )
-    split: str = "validation"
+    split: str = "validation"  # `test` when your data directory has it
     limit: Optional[int] = None  # items per task; null = the full split
-    batch_size: int = 8
-    max_gen_toks: int = 256
+    # generation: the tasks share batches (same settings), decoding is memory-bound
+    batch_size: int = 32
+    max_gen_toks: int = 256  # the reasoning is cut here; the answer must come before
     # torch: lm-eval's HF model generating on cream's decoder | hf | vllm (needs the gpu extra)
     backend: str = "torch"
     tensor_parallel_size: int = 1  # GPUs of lm-eval's vLLM engine (backend=vllm)
@@ -281,21 +326,23 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    mode: LoggerMode = LoggerMode.offline
+    mode: LoggerMode = LoggerMode.offline  # offline: sync later with `wandb sync`; online needs a key
     project: str = "cream"
     entity: Optional[str] = None
-    group: Optional[str] = None
-    name: Optional[str] = None  # defaults to <experiment>/<run_name>
+    group: Optional[str] = None  # null: the experiment name
+    name: Optional[str] = None  # null: <experiment>/<run_name>
     pairs_table_rows: int = 200
     init_timeout: float = 60.0  # seconds W&B may take to start before the run goes on without it
 
 
 @dataclass
 class Config:
-    experiment: Any = None  # the Hydra group choice; its name is `experiment_name`
-    experiment_name: str = "default"
-    run_name: str = "run"
-    resume: ResumeMode = ResumeMode.auto
+    experiment_name: str = MISSING  # conf/config.yaml: the experiment group's choice
+    run_name: str = MISSING  # conf/config.yaml: a timestamp resolved once per run
+    # auto: the same run_name resumes when its configuration matches, and is refused otherwise |
+    # false: always a new folder (run_name gets a numeric suffix when taken) | force: reuse it anyway.
+    # A string, not the enum: the command line reads `resume=false` as a boolean.
+    resume: str = ResumeMode.auto.value
     seed: int = 0
     iterations: int = 2
     threads: Optional[int] = None  # torch threads; null = torch's default
@@ -305,25 +352,35 @@ class Config:
     rewarder: RewarderConfig = field(default_factory=RewarderConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
-    dpo: DPOConfig = field(default_factory=DPOConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
+    dpo: DPOConfig = field(default_factory=DPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
         _require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        # the command line reads `resume=false` as a boolean, which arrives here as "False"
+        self.resume = {"true": "auto"}.get(str(self.resume).lower(), str(self.resume).lower())
+        _require(self.resume in [m.value for m in ResumeMode], "resume",
+                 f"expected auto, false or force, got {self.resume!r}")
+        # DPO continues SFT's model: an adapter when SFT trained one, the full weights otherwise.
+        _require(not self.sft.enabled or (self.sft.lora is None) == (self.dpo.lora is None), "sft.lora",
+                 f"must be set exactly when dpo.lora is (DPO continues the model SFT trains); "
+                 f"sft.lora={'null' if self.sft.lora is None else 'set'}, dpo.lora={'null' if self.dpo.lora is None else 'set'}")
 
 
 ConfigStore.instance().store(name="cream_schema", node=Config)
+# `run_name`'s default timestamp. Cached per composed config: Hydra resolves `run_name` for its output
+# folder (where it writes train.log) and the loop resolves it again later; both must read the same second.
+OmegaConf.register_new_resolver("run_stamp", lambda fmt: datetime.now().strftime(fmt), use_cache=True, replace=True)
 
 
 def load_config(cfg: DictConfig) -> Config:
     """Validate a composed Hydra config against the schema and return the typed object."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)  # Hydra's own settings are not ours to validate
-    if isinstance(container.get("resume"), bool):  # the command line reads `resume=false` as a boolean
-        container["resume"] = "auto" if container["resume"] else "false"
+    container["run_name"] = OmegaConf.select(cfg, "run_name")  # resolved in `cfg`, whose `run_stamp` is cached
     try:
         plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)

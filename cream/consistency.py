@@ -1,4 +1,4 @@
-"""Agreement between two rankings of the same responses, and the CREAM confidence C per pair.
+"""The maths of CREAM's regularizer: agreement of two rankings, the consistency C_j, the C each pair trains with.
 
 Everything is keyed by prompt id: a value never moves to another prompt when some prompts are
 dropped (mistake 1 of the published code).
@@ -55,8 +55,8 @@ def top_order_agreement(a: Sequence[float], b: Sequence[float]) -> float:
     return float(same)
 
 
-def consistency_rate(current: Sequence[float], previous: Sequence[float], measure: AgreementMeasure) -> float:
-    """The agreement of one prompt's two rankings mapped to [0, 1]."""
+def prompt_consistency(current: Sequence[float], previous: Sequence[float], measure: AgreementMeasure) -> float:
+    """C_j: the agreement of one prompt's two rankings mapped to [0, 1]."""
     if measure == AgreementMeasure.kendall:
         return (kendall_tau(current, previous) + 1) / 2
     if measure == AgreementMeasure.spearman:
@@ -64,53 +64,30 @@ def consistency_rate(current: Sequence[float], previous: Sequence[float], measur
     return top_order_agreement(current, previous)
 
 
-def consistency_rates(
+def measured_consistency(
     current: Mapping[str, Sequence[Optional[float]]],
     previous: Mapping[str, Sequence[Optional[float]]],
     measure: AgreementMeasure,
 ) -> dict[str, float]:
     """C_j for every prompt id both rankings score, over the responses both score (None = unscored)."""
-    rates = {}
+    measured = {}
     for pid, ours in current.items():
         if pid not in previous:
             continue
         both = [(a, b) for a, b in zip(ours, previous[pid]) if a is not None and b is not None]
         if len(both) >= 2:
-            rates[pid] = consistency_rate([a for a, _ in both], [b for _, b in both], measure)
-    return rates
+            measured[pid] = prompt_consistency([a for a, _ in both], [b for _, b in both], measure)
+    return measured
 
 
-def pair_confidence(
-    rates: Mapping[str, float], pair_ids: Sequence[str], regularizer: RegularizerName
-) -> dict[str, float]:
-    """The label confidence C each pair trains with: 1 (plain DPO), the dataset mean, or its own rate."""
+def training_consistency(
+    measured: Mapping[str, float], prompt_ids: Sequence[str], regularizer: RegularizerName
+) -> dict[str, Optional[float]]:
+    """The C each prompt's pair trains with: 1 (plain DPO), the iteration's mean, or its own C_j
+    (None when its C_j could not be measured)."""
     if regularizer == RegularizerName.none:
-        return {pid: 1.0 for pid in pair_ids}
+        return {pid: 1.0 for pid in prompt_ids}
     if regularizer == RegularizerName.cream_avg:
-        mean = float(np.mean(list(rates.values())))
-        return {pid: mean for pid in pair_ids}
-    missing = [pid for pid in pair_ids if pid not in rates]
-    if missing:
-        raise KeyError(f"no consistency rate for prompt ids {missing[:5]}")
-    return {pid: float(rates[pid]) for pid in pair_ids}
-
-
-def consistency_stage(rewards_path, stage_dir, measure: AgreementMeasure) -> tuple[dict, list[float]]:
-    """Write `consistency.jsonl` (prompt id, rate) from the reward stage; return metrics and the rates."""
-    from pathlib import Path
-
-    from cream.artifacts import read_jsonl, write_jsonl
-
-    rows = read_jsonl(rewards_path)
-    current = {r["id"]: r["rewards"] for r in rows}
-    previous = {r["id"]: r["previous_rewards"] for r in rows if r["previous_rewards"] is not None}
-    rates = consistency_rates(current, previous, measure)
-    write_jsonl(Path(stage_dir) / "consistency.jsonl", [{"id": pid, "rate": rate} for pid, rate in rates.items()])
-    values = np.array(list(rates.values()), dtype=float)
-    metrics = {
-        "consistency/mean": float(values.mean()) if values.size else float("nan"),
-        "consistency/std": float(values.std()) if values.size else float("nan"),
-        "consistency/prompts": int(values.size),
-        "consistency/measure": measure.value,
-    }
-    return metrics, values.tolist()
+        mean = float(np.mean(list(measured.values()))) if measured else float("nan")
+        return {pid: mean for pid in prompt_ids}
+    return {pid: measured.get(pid) for pid in prompt_ids}

@@ -9,8 +9,10 @@ from typing import Optional
 import numpy as np
 
 from cream.config import JudgeConfig, SamplingConfig
-from cream.models import ModelPool, ModelRef, load_tokenizer
-from cream.sample import chat_prompt_ids, generate
+from cream.generation import chat_prompt_ids, generate
+from cream.model_pool import ModelPool
+from cream.models import ModelRef, load_tokenizer
+from cream.rows import PromptSamples
 
 
 def parse_score(text: str, pattern: str, min_score: int, max_score: int) -> Optional[int]:
@@ -27,19 +29,19 @@ def judge_prompt(template: str, prompt: str, response: str) -> str:
     return template.replace("{prompt}", prompt).replace("{response}", response)
 
 
-def judge_scores(pool: ModelPool, model_ref: ModelRef, cfg: JudgeConfig, engine: SamplingConfig, rows: list[dict],
+def judge_scores(pool: ModelPool, model_ref: ModelRef, cfg: JudgeConfig, engine: SamplingConfig, rows: list[PromptSamples],
                  max_length: int, seed: int, chunk_dir: Path) -> tuple[list[list[Optional[float]]], dict]:
     """Mean valid score of `cfg.samples` judgements per response (None when none parses), and stats."""
     tokenizer = load_tokenizer(model_ref.base)
-    flat = [(r, resp) for r in rows for resp in r["responses"]]
+    flat = [(r, resp) for r in rows for resp in r.responses]
     prefix = tokenizer(cfg.reply_prefix, add_special_tokens=False)["input_ids"] if cfg.reply_prefix else []
-    encoded = [chat_prompt_ids(tokenizer, judge_prompt(cfg.template, r["prompt"], resp["text"])) + prefix for r, resp in flat]
+    encoded = [chat_prompt_ids(tokenizer, judge_prompt(cfg.template, r.prompt, resp.text)) + prefix for r, resp in flat]
     fits = [i for i, ids in enumerate(encoded) if len(ids) + cfg.max_new_tokens <= max_length]
     judgements = generate(pool, model_ref, tokenizer, [encoded[i] for i in fits], cfg, engine, seed, chunk_dir,
                           "judge", max_length)
     parsed: list[list[Optional[int]]] = [[] for _ in flat]
     for i, samples in zip(fits, judgements):
-        parsed[i] = [parse_score(cfg.reply_prefix + s["text"], cfg.pattern, cfg.min_score, cfg.max_score) for s in samples]
+        parsed[i] = [parse_score(cfg.reply_prefix + s.text, cfg.pattern, cfg.min_score, cfg.max_score) for s in samples]
     means = [float(np.mean(v)) if (v := [x for x in p if x is not None]) else None for p in parsed]
     valid = [x for p in parsed for x in p if x is not None]
     attempted = len(fits) * cfg.samples
@@ -54,6 +56,6 @@ def judge_scores(pool: ModelPool, model_ref: ModelRef, cfg: JudgeConfig, engine:
     }
     cursor, out = 0, []
     for r in rows:
-        out.append(means[cursor : cursor + len(r["responses"])])
-        cursor += len(r["responses"])
+        out.append(means[cursor : cursor + len(r.responses)])
+        cursor += len(r.responses)
     return out, stats

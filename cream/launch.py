@@ -2,7 +2,7 @@
 
 The loop samples, scores and evaluates in one process; only training is spread over several (DeepSpeed
 ZeRO-3 or FSDP shard the weights, gradients and optimizer state of a full fine-tune). With
-`dpo.accelerate_config` set, `run_training` pickles the stage function and its arguments into the stage
+`<dpo|sft>.accelerate_config` set, `run_training` pickles the stage function and its arguments into the stage
 folder, runs
 
     accelerate launch --config_file <file> [--num_processes N] -m cream.launch <stage folder>
@@ -24,36 +24,18 @@ from typing import TYPE_CHECKING, Callable
 # Nothing heavy at import: a launched process must reach `die_with_parent` before its parent can die unseen.
 from cream import errors
 from cream.artifacts import read_json, write_json
+from cream.config import accelerate_config_file
 from cream.errors import ConfigError, CreamError, StageError
 
 if TYPE_CHECKING:
-    from cream.config import DPOConfig
+    from cream.config import TrainingConfig
     from cream.models import ModelRef
 
-# Shipped accelerate configs: `dpo.accelerate_config=<name>`. A folder beside conf/, not inside it: Hydra
-# would list conf/accelerate/ as a config group, and these files are accelerate's schema, not ours.
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "accelerate_configs"
 REQUEST = "launch_request.pkl"  # the stage function and its arguments, for every process
 RESULT = "launch_result.json"  # the main process's (model, metrics), or the error it stopped on
 
 
-def accelerate_config_file(value: str):
-    """The file `dpo.accelerate_config` names and its parsed config (accelerate's own loader checks it)."""
-    from accelerate.commands.config.config_args import load_config_from_file
-
-    shipped = "/" not in value and Path(value).suffix not in (".yaml", ".yml", ".json")
-    path = ACCELERATE_CONFIGS / f"{value}.yaml" if shipped else Path(value).expanduser()
-    if not path.is_file():
-        names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-        raise ConfigError(f"config key `dpo.accelerate_config`: {path} not found; give one of {names} "
-                          "(accelerate_configs/) or the path of an accelerate config file")
-    try:
-        return path, load_config_from_file(str(path))
-    except Exception as e:  # accelerate raises ValueError, TypeError or a YAML error for a bad file
-        raise ConfigError(f"config key `dpo.accelerate_config`: {path} is not a valid accelerate config: {e}") from None
-
-
-def run_training(fn: Callable[..., tuple[ModelRef, dict]], cfg: DPOConfig, stage_dir: Path, *args) -> tuple[ModelRef, dict]:
+def run_training(fn: Callable[..., tuple[ModelRef, dict]], cfg: TrainingConfig, stage_dir: Path, *args) -> tuple[ModelRef, dict]:
     """`fn(*args)` here, or in every process of `accelerate launch` when `cfg.accelerate_config` is set."""
     if cfg.accelerate_config is None:
         return fn(*args)
@@ -61,12 +43,13 @@ def run_training(fn: Callable[..., tuple[ModelRef, dict]], cfg: DPOConfig, stage
 
     from cream.models import ModelRef
 
-    path, launch_cfg = accelerate_config_file(cfg.accelerate_config)
+    key = f"{cfg._group}.accelerate_config"
+    path, launch_cfg = accelerate_config_file(cfg.accelerate_config, key)
     if launch_cfg.distributed_type == DistributedType.DEEPSPEED:
         import importlib.util
 
         if importlib.util.find_spec("deepspeed") is None:
-            raise ConfigError(f"config key `dpo.accelerate_config`: {path} runs DeepSpeed, which is not installed: "
+            raise ConfigError(f"config key `{key}`: {path} runs DeepSpeed, which is not installed: "
                               "pip install -e .[gpu] (or dpo.accelerate_config=fsdp)")
     from cream.vllm_sampling import release_engine
 

@@ -1,8 +1,10 @@
-"""The self-rewarding loop: SFT, then per iteration sample -> reward -> consistency -> pairs -> train -> evaluate.
+"""The self-rewarding loop: the stages of each iteration, and the run folder that makes them resumable.
 
-Each stage is a plain function writing into `runs/<experiment>/<run_name>/iter_<k>/<stage>/`; this
-module only chains them. A stage folder with its DONE mark is reused, so rerunning the same command
-resumes where it stopped.
+    iteration 0:  evaluate_m0 -> sft -> evaluate
+    iteration t:  sample -> reward -> consistency -> pairs -> train -> evaluate
+
+Each stage (cream/stages/) writes into `runs/<experiment>/<run_name>/iter_<k>/<stage>/`. A stage folder
+with its DONE mark is reused, so rerunning the same command resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -10,26 +12,24 @@ from __future__ import annotations
 import resource
 import time
 from pathlib import Path
-from typing import Callable, Optional
+from types import ModuleType
+from typing import Optional
 
 import torch
 
 from cream.artifacts import MANIFEST, config_hash, is_complete, mark_complete, read_json, verify_outputs, write_json
-from cream.config import Config, ModelRole, ResumeMode, RewarderName, to_plain_dict
-from cream.consistency import consistency_stage
-from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir, shard
-from cream.dpo import train
+from cream.config import Config, ResumeMode, to_plain_dict
+from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir
 from cream.errors import ConfigError
 from cream.logger import RunLogger
-from cream.models import ModelPool, ModelRef, resolve_model_dir
-from cream.pairs import pairs_stage
-from cream.reward import REWARDS, RewardSpec, reward
-from cream.sample import RESPONSES, sample
-from cream.sft import sft
+from cream.model_pool import ModelPool
+from cream.models import ModelRef, resolve_model_dir
+from cream.stages import Context, StageResult, consistency, evaluate, pairs, reward, sample, sft, train
 
+ITERATION = (sample, reward, consistency, pairs, train, evaluate)
 RUN_MANIFEST = "run.json"
 # Keys that may change between a run and its resumption without changing any result.
-_NOT_RESULT_KEYS = ("logger", "run_name", "experiment", "threads", "resume", "paths")
+_NOT_RESULT_KEYS = ("logger", "run_name", "threads", "resume", "paths")
 
 
 def peak_rss_mb() -> float:
@@ -42,6 +42,16 @@ def _flatten(d: dict, prefix: str = "") -> dict:
         key = f"{prefix}{k}"
         out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
     return out
+
+
+def _encode(outputs: dict, stage_dir: Path) -> dict:
+    """A stage's outputs as JSON for its manifest: files relative to the stage folder, models as dicts."""
+    return {k: {"model": v.as_dict()} if isinstance(v, ModelRef) else {"file": str(Path(v).relative_to(stage_dir))}
+            for k, v in outputs.items()}
+
+
+def _decode(encoded: dict, stage_dir: Path) -> dict:
+    return {k: ModelRef(**v["model"]) if "model" in v else stage_dir / v["file"] for k, v in encoded.items()}
 
 
 class Run:
@@ -74,28 +84,31 @@ class Run:
         write_json(manifest_path, {"config": self.result_config, "wandb_id": self.logger.run_id})
         self.stage_seconds: dict[str, float] = {}
 
-    def stage(self, iteration: int, name: str, inputs: list[Path], fn: Callable[[Path], tuple[dict, dict]]) -> tuple[dict, dict]:
-        """Run `fn(stage_dir) -> (metrics, outputs)` unless the stage already completed; log its metrics."""
+    def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None) -> StageResult:
+        """Run `stage` unless its folder is complete; log its metrics; hand its outputs to the context."""
+        name = name or stage.NAME
+        iteration = ctx.iteration
         stage_dir = self.dir / f"iter_{iteration}" / name
         if is_complete(stage_dir):
             verify_outputs(stage_dir)
             manifest = read_json(stage_dir / MANIFEST)
             print(f"[cream] iter {iteration} {name}: complete, reusing {stage_dir}")
-            return manifest["metrics"], manifest["outputs_info"]
-        print(f"[cream] iter {iteration} {name} ...")
-        start = time.perf_counter()
-        metrics, outputs_info = fn(stage_dir)
-        seconds = time.perf_counter() - start
-        metrics = {**metrics, f"time/{name}": seconds, "memory/peak_rss_mb": peak_rss_mb()}
-        self.stage_seconds[f"iter_{iteration}/{name}"] = seconds
-        mark_complete(stage_dir, config_hash(self.result_config), inputs,
-                      extra={"metrics": metrics, "outputs_info": outputs_info})
-        self.logger.log(iteration, name, metrics)
-        return metrics, outputs_info
-
-
-def _ref(info: dict) -> ModelRef:
-    return ModelRef(**info["model"])
+            result = StageResult(manifest["metrics"], _decode(manifest["artifacts"], stage_dir))
+        else:
+            inputs = [f for s in stage.READS for f in ctx.outputs[s].values() if isinstance(f, Path)]
+            print(f"[cream] iter {iteration} {name} ...")
+            start = time.perf_counter()
+            result = stage.run(ctx, stage_dir)
+            seconds = time.perf_counter() - start
+            result.metrics = {**result.metrics, f"time/{name}": seconds, "memory/peak_rss_mb": peak_rss_mb()}
+            self.stage_seconds[f"iter_{iteration}/{name}"] = seconds
+            mark_complete(stage_dir, config_hash(self.result_config), inputs,
+                          extra={"metrics": result.metrics, "artifacts": _encode(result.outputs, stage_dir)})
+            self.logger.log(iteration, name, result.metrics)
+        ctx.outputs[name] = result.outputs
+        if "model" in result.outputs:
+            ctx.models.append(result.outputs["model"])
+        return result
 
 
 def run(cfg: Config) -> dict:
@@ -110,76 +123,30 @@ def run(cfg: Config) -> dict:
     sft_examples = load_sft_examples(cfg.data.sft_split, data_dir, cfg.sft.max_examples, cfg.seed) if cfg.sft.enabled else []
 
     run_ = Run(cfg)
-    cache = Path(cfg.paths.cache).expanduser()
-    pool = ModelPool(cfg.model)
-    models = [ModelRef("m0", resolve_model_dir(cfg.model, cache))]
+    m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
+    ctx = Context(cfg=cfg, pool=ModelPool(cfg.model), device="cuda" if torch.cuda.is_available() else "cpu",
+                  logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
     scores: dict[str, dict] = {}
 
-    def evaluate(iteration: int, name: str, model: ModelRef) -> None:
-        if not cfg.eval.enabled:
-            return
-        from cream.evaluate import evaluate_model, wrong_answers
+    def evaluate_newest(name: str) -> None:
+        if cfg.eval.enabled:
+            metrics = run_.stage(ctx, evaluate, name).metrics
+            scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
+            print(score_table(scores))
 
-        def fn(stage_dir: Path):
-            pool.release()  # lm-eval loads its own copy
-            result = evaluate_model(cfg.eval, data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
-                                    stage_dir, dtype=cfg.model.dtype, seed=cfg.seed)
-            timing = read_json(stage_dir / "eval.json")
-            metrics = {f"eval/{task}": score for task, score in result.items()}
-            metrics["time/eval_items_per_s"] = timing["items"] / max(timing["seconds"], 1e-9)
-            return metrics, {"model": model.as_dict()}
-
-        metrics, _ = run_.stage(iteration, name, [], fn)
-        scores[model.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
-        print(score_table(scores))
-        wrong = wrong_answers(run_.dir / f"iter_{iteration}" / name, 20)
-        if wrong:
-            columns = list(wrong[0].keys())
-            run_.logger.table(iteration, f"eval/wrong_answers_{model.name}", columns, [[w[c] for c in columns] for w in wrong])
-
-    evaluate(0, "evaluate_m0", models[0])
+    evaluate_newest("evaluate_m0")
     if cfg.sft.enabled:
-        _, info = run_.stage(0, "sft", [], lambda d: _with_model(*sft(cfg.sft, cfg.dpo, cfg.model, models[0], sft_examples, d, cfg.seed)))
-        models.append(_ref(info))
-        evaluate(0, "evaluate", models[1])
+        run_.stage(ctx, sft)
+        evaluate_newest(evaluate.NAME)
     else:
-        models.append(ModelRef("m1", models[0].base))  # M1 = M0
-
+        ctx.models.append(ModelRef("m1", m0.base))  # M1 = M0
     for t in range(1, cfg.iterations + 1):
-        policy = models[t]
-        iter_dir = run_.dir / f"iter_{t}"
-        run_.stage(t, "sample", [], lambda d: (sample(cfg.sampling, cfg.model, pool, policy, shard(prompts, t, cfg.data.shard_size), d, cfg.seed * 1000 + t), {}))
-        responses = iter_dir / "sample" / RESPONSES
+        ctx.iteration, ctx.outputs = t, {}
+        for stage in ITERATION[:-1]:
+            run_.stage(ctx, stage)
+        evaluate_newest(evaluate.NAME)
 
-        current_spec, previous_spec = reward_specs(cfg, models, t)
-        run_.stage(t, "reward", [responses], lambda d: (reward(current_spec, previous_spec, pool, responses, d, cfg.rewarder.batch_size,
-                                                               cfg.judge, cfg.sampling, cfg.model.max_length, cfg.seed * 1000 + t), {}))
-        rewards = iter_dir / "reward" / REWARDS
-
-        def consistency_fn(d: Path):
-            metrics, rates = consistency_stage(rewards, d, cfg.regularizer.measure)
-            run_.logger.histogram(t, "consistency/histogram", rates)
-            return metrics, {}
-
-        run_.stage(t, "consistency", [rewards], consistency_fn)
-        consistency = iter_dir / "consistency" / "consistency.jsonl"
-
-        def pairs_fn(d: Path):
-            metrics, pairs = pairs_stage(responses, rewards, consistency, cfg.regularizer.name, policy.name, d)
-            columns = ["prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency",
-                       "chosen_correct", "rejected_correct"]
-            run_.logger.table(t, "pairs/table", columns, [[p[c] for c in columns] for p in pairs[: cfg.logger.pairs_table_rows]])
-            return metrics, {}
-
-        run_.stage(t, "pairs", [responses, rewards, consistency], pairs_fn)
-        pairs_path = iter_dir / "pairs" / "pairs.jsonl"
-
-        pool.release()  # training loads its own trainable copy
-        _, info = run_.stage(t, "train", [pairs_path], lambda d: _with_model(*train(cfg.dpo, cfg.model, policy, pairs_path, d, cfg.seed + t, f"m{t + 1}")))
-        models.append(_ref(info))
-        evaluate(t, "evaluate", models[t + 1])
-
-    pool.release()
+    ctx.pool.release()
     if scores:
         run_.logger.table(cfg.iterations, "eval/summary", ["model", *next(iter(scores.values())).keys()],
                           [[m, *s.values()] for m, s in scores.items()])
@@ -187,25 +154,6 @@ def run(cfg: Config) -> dict:
     run_.logger.finish()
     print(f"[cream] run folder: {run_.dir}")
     return scores
-
-
-def _with_model(model: ModelRef, metrics: dict) -> tuple[dict, dict]:
-    return metrics, {"model": model.as_dict()}
-
-
-def reward_specs(cfg: Config, models: list[ModelRef], t: int) -> tuple[RewardSpec, Optional[RewardSpec]]:
-    """The reward of M_t and the ranking of M_{t-1} it is compared with, from the reference schedule in config."""
-
-    def spec(k: int) -> RewardSpec:
-        if cfg.rewarder.name != RewarderName.implicit:
-            return RewardSpec(cfg.rewarder.name, models[k])
-        reference = models[0] if cfg.rewarder.reference == ModelRole.m0 else models[max(k - 1, 0)]
-        if reference == models[k]:  # a model is its own reference: its implicit reward is 0 everywhere
-            first = cfg.regularizer.first_previous
-            return RewardSpec(first, models[k], models[0] if first == RewarderName.implicit else None)
-        return RewardSpec(RewarderName.implicit, models[k], reference)
-
-    return spec(t), spec(t - 1)
 
 
 def score_table(scores: dict[str, dict]) -> str:

@@ -1,7 +1,7 @@
-"""How a benchmark row is shown to the model: the question, with lettered options for multiple choice.
+"""How the model is asked: a benchmark row as a question with lettered options, and the judge's rubric.
 
-Shared by sampling (unlabelled prompts) and the `paper` evaluation protocol, so the model sees the
-same format in both.
+The question format is shared by sampling (unlabelled prompts) and the `paper` evaluation protocol,
+so the model sees the same format in both.
 """
 
 from __future__ import annotations
@@ -47,3 +47,24 @@ def ground_truth(row: dict, task: str, seed: int = 0) -> str:
     if is_multiple_choice(task):
         return shown_choices(row, task, seed)[1]
     return str(row["answer"])
+
+
+# SRLM's additive 5-point LLM-as-a-judge prompt (Yuan et al. 2024, Fig. 2), the default `judge.template`:
+# the model judges its own responses; `{prompt}` and `{response}` are filled in.
+SRLM_JUDGE_TEMPLATE = (
+    "Review the user's question and the corresponding response using the additive 5-point scoring system described below. Points are accumulated based on the satisfaction of each criterion:\n"
+    "- Add 1 point if the response is relevant and provides some information related to the user's inquiry, even if it is incomplete or contains some irrelevant content.\n"
+    "- Add another point if the response addresses a substantial portion of the user's question, but does not completely resolve the query or provide a direct answer.\n"
+    "- Award a third point if the response answers the basic elements of the user's question in a useful way, regardless of whether it seems to have been written by an AI Assistant or if it has elements typically found in blogs or search results.\n"
+    "- Grant a fourth point if the response is clearly written from an AI Assistant's perspective, addressing the user's question directly and comprehensively, and is well-organized and helpful, even if there is slight room for improvement in clarity, conciseness or focus.\n"
+    "- Bestow a fifth point for a response that is impeccably tailored to the user's question by an AI Assistant, without extraneous information, reflecting expert knowledge, and demonstrating a high-quality, engaging, and insightful answer.\n"
+    '\n'
+    'User: {prompt}\n'
+    '<response>{response}</response>\n'
+    '\n'
+    "After examining the user's instruction and the response:\n"
+    '- Briefly justify your total score, up to 100 words.\n'
+    '- Conclude with the score using the format: "Score: <total points>"\n'
+    '\n'
+    "Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we'll systematically attribute points based on the outlined criteria."
+)

@@ -29,3 +29,17 @@ def tiny_model_dir(cache_dir) -> Path:
 @pytest.fixture(scope="session")
 def fixture_data() -> Path:
     return FIXTURE_DATA
+
+
+def stage_context(run_dir: Path, models, prompts=(), iteration: int = 1, **sections):
+    """A stage's `Context` on the tiny model: the default config with `sections` replaced, W&B off."""
+    from cream.config import Config, DataConfig, LoggerConfig, LoggerMode, ModelConfig, ModelSource
+    from cream.logger import RunLogger
+    from cream.model_pool import ModelPool
+    from cream.stages import Context
+
+    sections.setdefault("model", ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128))
+    sections.setdefault("data", DataConfig(shard_size=max(len(prompts), 1)))
+    cfg = Config(experiment_name="test", run_name="test", logger=LoggerConfig(mode=LoggerMode.disabled), **sections)
+    return Context(cfg=cfg, pool=ModelPool(cfg.model), device="cpu", logger=RunLogger(cfg, run_dir), data_dir=FIXTURE_DATA,
+                   prompts=list(prompts) * iteration, sft_examples=[], models=list(models), iteration=iteration)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
 
 from cream.config import Config, load_config
 from cream.errors import ConfigError
@@ -65,5 +66,66 @@ def test_paper_settings_in_llama_presets():
     ],
 )
 def test_bad_values_name_the_key(override, key):
-    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+    # a wrong type, an unknown key or an invalid choice fails at composition against the schema (Hydra's
+    # error); an out-of-range value at validation (ours); both name the key
+    with pytest.raises((ConfigError, ConfigCompositionException), match=key.replace(".", r"\.")):
         _load([override])
+
+
+GROUP_SCHEMAS = {"model": "ModelConfig", "sampling": "SamplingConfig", "rewarder": "RewarderConfig",
+                 "judge": "JudgeConfig", "regularizer": "RegularizerConfig", "sft": "SFTConfig", "dpo": "DPOConfig",
+                 "data": "DataConfig", "eval": "EvalConfig", "logger": "LoggerConfig"}
+
+
+@pytest.mark.parametrize("option", sorted(p for g in GROUP_SCHEMAS for p in (CONF / g).glob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_group_options_state_only_what_they_change(option):
+    """One source of defaults: the schema's. An option repeating a default could silently disagree with it later."""
+    import dataclasses
+
+    import yaml
+
+    import cream.config
+
+    schema = getattr(cream.config, GROUP_SCHEMAS[option.parent.name])()
+    values = yaml.safe_load(option.read_text()) or {}
+    defaults = {f.name: getattr(schema, f.name) for f in dataclasses.fields(schema)}
+    for key, value in values.items():
+        assert key in defaults, f"{option}: unknown key {key}"
+        default = defaults[key]
+        default = default.value if hasattr(default, "value") else default
+        default = dataclasses.asdict(default) if dataclasses.is_dataclass(default) else default
+        assert value != default, f"{option}: `{key}: {value!r}` repeats the schema's default"
+
+
+def test_every_group_has_its_folder_and_the_schema_is_the_first_default():
+    assert {p.name for p in CONF.iterdir() if p.is_dir()} >= set(GROUP_SCHEMAS) | {"experiment"}
+    defaults = (CONF / "config.yaml").read_text()
+    assert defaults.index("- cream_schema") < defaults.index("- model:")
+
+
+def test_sft_and_dpo_agree_on_lora():
+    with pytest.raises(ConfigError, match=r"sft\.lora"):
+        _load(["dpo=full"])  # DPO would continue SFT's adapter as if it were full weights
+    cfg = _load(["dpo=full", "sft=full"])
+    assert cfg.sft.lora is None and cfg.dpo.lora is None
+    assert _load(["dpo=full", "sft.enabled=false"]).dpo.lora is None  # no SFT, nothing to agree with
+
+
+def test_the_default_run_name_is_resolved_once():
+    """Hydra resolves `run_name` for its log folder, the loop again later: both read the same timestamp."""
+    import time
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    cfg = _compose([])
+    HydraConfig.instance().set_config(cfg)
+    first = OmegaConf.select(cfg, "hydra.run.dir")
+    time.sleep(1.1)
+    assert load_config(cfg).run_name == first.rsplit("/", 1)[1]
+
+
+@pytest.mark.parametrize("value, expected", [("false", "false"), ("auto", "auto"), ("force", "force")])
+def test_resume_from_the_command_line(value, expected):
+    assert _load([f"resume={value}"]).resume == expected

@@ -4,12 +4,12 @@ from scipy import stats
 
 from cream.config import AgreementMeasure, RegularizerName
 from cream.consistency import (
-    consistency_rate,
-    consistency_rates,
     kendall_tau,
-    pair_confidence,
+    measured_consistency,
+    prompt_consistency,
     spearman_rho,
     top_order_agreement,
+    training_consistency,
 )
 
 
@@ -72,21 +72,25 @@ def test_top_order_uses_best_and_worst_responses(a, b, expected):
     "measure, expected",
     [(AgreementMeasure.kendall, (1 / 3 + 1) / 2), (AgreementMeasure.spearman, (0.5 + 1) / 2), (AgreementMeasure.toporder, 0.0)],
 )
-def test_consistency_rate_maps_to_unit_interval(measure, expected):
-    assert consistency_rate([1, 2, 3], [1, 3, 2], measure) == pytest.approx(expected)
+def test_prompt_consistency_maps_to_unit_interval(measure, expected):
+    assert prompt_consistency([1, 2, 3], [1, 3, 2], measure) == pytest.approx(expected)
 
 
-def test_rates_stay_with_their_prompt_when_prompts_are_missing():
+def test_consistency_stays_with_its_prompt_when_prompts_are_missing():
     current = {"p1": [1, 2, 3], "p2": [3, 2, 1], "p3": [1, 2, 3]}
     previous = {"p1": [1, 2, 3], "p3": [3, 2, 1]}  # p2 was dropped upstream
-    rates = consistency_rates(current, previous, AgreementMeasure.kendall)
-    assert rates == {"p1": 1.0, "p3": 0.0}
+    measured = measured_consistency(current, previous, AgreementMeasure.kendall)
+    assert measured == {"p1": 1.0, "p3": 0.0}
 
 
-def test_pair_confidence_per_regularizer():
-    rates = {"a": 1.0, "b": 0.0, "c": 0.5}
-    assert pair_confidence(rates, ["a", "b"], RegularizerName.none) == {"a": 1.0, "b": 1.0}
-    assert pair_confidence(rates, ["a", "b"], RegularizerName.cream_avg) == {"a": 0.5, "b": 0.5}
-    assert pair_confidence(rates, ["b", "a"], RegularizerName.cream_dyn) == {"b": 0.0, "a": 1.0}
-    with pytest.raises(KeyError, match="zzz"):
-        pair_confidence(rates, ["zzz"], RegularizerName.cream_dyn)
+@pytest.mark.parametrize(
+    "regularizer, expected",
+    [
+        (RegularizerName.none, {"a": 1.0, "b": 1.0, "zzz": 1.0}),
+        (RegularizerName.cream_avg, {"a": 0.5, "b": 0.5, "zzz": 0.5}),  # the mean of every measured C_j
+        (RegularizerName.cream_dyn, {"a": 1.0, "b": 0.0, "zzz": None}),  # its own C_j; None when unmeasured
+    ],
+)
+def test_training_consistency_per_regularizer(regularizer, expected):
+    measured = {"a": 1.0, "b": 0.0, "c": 0.5}
+    assert training_consistency(measured, ["a", "b", "zzz"], regularizer) == expected

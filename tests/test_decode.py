@@ -6,8 +6,10 @@ import torch
 from cream.config import ModelConfig, ModelSource, SamplingBackend, SamplingConfig
 from cream.decode import Decoder, sample_tokens
 from cream.errors import ConfigError
-from cream.models import ModelPool, ModelRef, load_base_model, load_tokenizer
-from cream.sample import chat_prompt_ids, sample
+from cream.generation import chat_prompt_ids
+from cream.models import ModelRef, load_base_model, load_tokenizer
+from cream.stages import sample
+from tests.conftest import stage_context
 
 TINY = ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128)
 QUESTIONS = ["Hi", "What is 2+2? Think step by step.", "Name three fruits that are red, and say why."]
@@ -133,9 +135,10 @@ def test_other_architectures_get_a_clear_error():
 @pytest.mark.parametrize("backend", [SamplingBackend.torch, SamplingBackend.hf])
 def test_sample_stage_on_each_backend(tiny_model_dir, tmp_path, backend):
     prompts = [{"id": f"p{i}", "task": "gsm8k", "prompt": q, "answer": "1"} for i, q in enumerate(QUESTIONS)]
-    cfg = SamplingConfig(backend=backend, n=2, max_new_tokens=6, batch_size=4)
-    pool = ModelPool(TINY)
-    metrics = sample(cfg, TINY, pool, ModelRef("m1", str(tiny_model_dir)), prompts, tmp_path, seed=0)
+    m1 = ModelRef("m1", str(tiny_model_dir))
+    ctx = stage_context(tmp_path, [m1, m1], prompts, model=TINY,
+                        sampling=SamplingConfig(backend=backend, n=2, max_new_tokens=6, batch_size=4))
+    metrics = sample.run(ctx, tmp_path / "sample").metrics
     assert metrics["sample/responses"] == 6 and metrics["sample/mean_response_tokens"] <= 6
-    with pool.use(ModelRef("m1", str(tiny_model_dir))) as model:
+    with ctx.pool.use(ModelRef("m1", str(tiny_model_dir))) as model:
         assert model.dtype == torch.float32  # sampling in bf16 left the scoring weights alone

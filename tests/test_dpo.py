@@ -4,13 +4,14 @@ import pytest
 import torch
 from trl import DPOTrainer
 
-from cream.artifacts import write_jsonl
 from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource
-from cream.dpo import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, train, training_args
+from cream.dpo_trainer import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, training_args
+from cream.generation import chat_prompt_ids
 from cream.losses import cream_loss
 from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.reward import sequence_logprobs
-from cream.sample import chat_prompt_ids
+from cream.rows import Pair, write_rows
+from cream.scoring import sequence_logprobs
+from cream.stages.train import train
 
 
 def _pairs(tokenizer, model, consistency):
@@ -21,9 +22,10 @@ def _pairs(tokenizer, model, consistency):
         chosen = tokenizer(good + "<|im_end|>", add_special_tokens=False)["input_ids"]
         rejected = tokenizer(bad + "<|im_end|>", add_special_tokens=False)["input_ids"]
         ref = sequence_logprobs(model, [(prompt, chosen), (prompt, rejected)], 2, tokenizer.pad_token_id, "ref")
-        rows.append({"id": f"p{i}", "prompt_ids": prompt, "chosen_ids": chosen, "rejected_ids": rejected,
-                     "ref_chosen_logps": ref[0] - 0.5 * i, "ref_rejected_logps": ref[1] + 0.25 * i,
-                     "consistency": consistency[i]})
+        rows.append(Pair(id=f"p{i}", task="gsm8k", answer="4", prompt=q, chosen=good, rejected=bad, chosen_reward=1.0,
+                         rejected_reward=0.0, consistency=consistency[i], chosen_correct=True, rejected_correct=False,
+                         prompt_ids=prompt, chosen_ids=chosen, rejected_ids=rejected,
+                         ref_chosen_logps=ref[0] - 0.5 * i, ref_rejected_logps=ref[1] + 0.25 * i))
     return rows
 
 
@@ -38,7 +40,7 @@ def setup(tiny_model_dir, tmp_path):
 def _trainer(setup, consistency):
     model_cfg, tokenizer, model, tmp_path = setup
     path = tmp_path / "pairs.jsonl"
-    write_jsonl(path, _pairs(tokenizer, model, consistency))
+    write_rows(path, _pairs(tokenizer, model, consistency))
     cfg = DPOConfig(lora=None, batch_size=3, lr=1e-3)
     trainer = CreamDPOTrainer(model=model, args=training_args(cfg, tmp_path / "out", 0, 3),
                               train_dataset=pairs_dataset(path), processing_class=tokenizer,
@@ -77,7 +79,7 @@ def test_per_pair_consistency_reaches_the_loss(setup):
 def test_training_runs_through_the_hook_and_saves_an_adapter(setup, tiny_model_dir):
     model_cfg, tokenizer, model, tmp_path = setup
     path = tmp_path / "pairs.jsonl"
-    write_jsonl(path, _pairs(tokenizer, model, [0.7, 0.7, 0.7]))
+    write_rows(path, _pairs(tokenizer, model, [0.7, 0.7, 0.7]))
     cfg = DPOConfig(batch_size=3, lr=1e-3, lora=LoraConfig(r=4, alpha=8))
     policy = ModelRef("m1", str(tiny_model_dir))
     new, metrics = train(cfg, model_cfg, policy, path, tmp_path / "train", seed=0, output_name="m2")

@@ -8,7 +8,9 @@ import pytest
 from cream.artifacts import read_jsonl, write_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.errors import ConfigError, DataError
-from cream.evaluate import KNOWN_TASKS, evaluate_model, lm_tasks, main, wrong_answers
+from cream.evaluate import main
+from cream.evaluation import evaluate_model, wrong_answers
+from cream.lm_eval_tasks import KNOWN_TASKS, lm_tasks
 
 LIMIT = 5
 

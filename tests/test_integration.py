@@ -32,10 +32,18 @@ def cli(*overrides, cwd=REPO, env_extra=None):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs")
-    args = ("experiment=smoke", f"paths.runs={runs}", f"paths.data={FIXTURE_DATA}", "run_name=it")
+    args = ("experiment=smoke", f"paths.runs={runs}", f"paths.data={FIXTURE_DATA}")  # run_name: its timestamp
     result = cli(*args)
     assert result.returncode == 0, result.stderr[-3000:]
-    return runs / "smoke" / "it", args, result
+    (run_dir,) = (runs / "smoke").iterdir()
+    return run_dir, (*args, f"run_name={run_dir.name}"), result
+
+
+def test_the_default_run_name_gives_one_folder_holding_hydras_log(smoke_run):
+    """The timestamp is resolved once: Hydra's log and the results share the run folder."""
+    run_dir, _, _ = smoke_run
+    assert (run_dir / "train.log").is_file() and (run_dir / "run.json").is_file()
+    assert list(run_dir.parent.iterdir()) == [run_dir]
 
 
 def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
@@ -54,9 +62,12 @@ def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
     assert {r["id"] for r in rewards} == {r["id"] for r in responses}
     assert all(set(r["logps"]) == {"m0", "m1"} for r in rewards)  # M1's reward vs M0, M0's likelihood
     pairs = [json.loads(l) for l in (it1 / "pairs" / "pairs.jsonl").read_text().splitlines()]
-    rates = {json.loads(l)["id"]: json.loads(l)["rate"] for l in (it1 / "consistency" / "consistency.jsonl").read_text().splitlines()}
+    consistency = [json.loads(l) for l in (it1 / "consistency" / "consistency.jsonl").read_text().splitlines()]
+    assert {c["id"] for c in consistency} == {r["id"] for r in rewards}
+    trained = {c["id"]: c["consistency"] for c in consistency}
+    assert all(c["consistency"] == c["measured"] for c in consistency)  # cream_dyn trains with C_j itself
     for p in pairs:
-        assert p["consistency"] == rates[p["id"]]  # cream_dyn: each pair carries its own prompt's C
+        assert p["consistency"] == trained[p["id"]]  # each pair carries its own prompt's C
         assert p["chosen_reward"] > p["rejected_reward"]
         row = next(r for r in rewards if r["id"] == p["id"])
         assert p["ref_chosen_logps"] in row["logps"]["m1"]  # the DPO reference is M1's scoring, reused

@@ -1,16 +1,15 @@
 """SRLM judge parsing, oracle correctness and reward-accuracy arithmetic."""
 
 import pytest
-import yaml
 
 from cream.config import JudgeConfig
 from cream.diagnostics import reward_accuracy
 from cream.errors import ConfigError
 from cream.judge import judge_prompt, parse_score
-from cream.reward import oracle_scores
-from tests.conftest import REPO
+from cream.rewarders import oracle_scores
+from cream.rows import PromptSamples, Response
 
-JUDGE = yaml.safe_load((REPO / "conf" / "judge" / "srlm.yaml").read_text())
+JUDGE = {k: getattr(JudgeConfig(), k) for k in ("template", "pattern", "min_score", "max_score")}  # the srlm judge
 PATTERN = JUDGE["pattern"]
 
 
@@ -61,10 +60,11 @@ def test_judge_config_validated(override, key):
 
 
 def test_oracle_scores_use_evaluation_extraction():
-    rows = [
-        {"task": "gsm8k", "answer": "1234", "responses": [{"text": "So the total is $1,234."}, {"text": "#### 12"}]},
-        {"task": "arc_easy", "answer": "B", "responses": [{"text": "Answer: (B)"}, {"text": "This is a trap. Answer: C"}]},
-    ]
+    def row(task, answer, *texts):
+        return PromptSamples("p", task, "q", answer, [1, 2], [Response(t, [3], True) for t in texts])
+
+    rows = [row("gsm8k", "1234", "So the total is $1,234.", "#### 12"),
+            row("arc_easy", "B", "Answer: (B)", "This is a trap. Answer: C")]
     assert oracle_scores(rows) == [[1.0, 0.0], [1.0, 0.0]]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cream.pairs import PairStats, choose_pair
+from cream.pairing import PairStats, choose_pair
 
 
 @pytest.mark.parametrize(

@@ -20,14 +20,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
-from cream.artifacts import write_jsonl
 from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource, SamplingConfig, SFTConfig, load_config
 from cream.data import load_sft_examples
-from cream.dpo import train, train_in_process
 from cream.errors import ConfigError, StageError
-from cream.launch import ACCELERATE_CONFIGS, REQUEST, RESULT
+from cream.config import ACCELERATE_CONFIGS
+from cream.launch import REQUEST, RESULT
 from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.sft import sft
+from cream.rows import write_rows
+from cream.stages.sft import sft
+from cream.stages.train import train, train_in_process
 from cream.vllm_sampling import generate_vllm, lora_rank_capacity
 from tests.test_dpo import _pairs
 
@@ -58,6 +59,7 @@ def test_llama_presets_sample_on_vllm_and_train_under_accelerate(experiment):
     assert (cfg.eval.backend, cfg.eval.tensor_parallel_size) == ("vllm", 8)
     assert (cfg.dpo.accelerate_config, cfg.dpo.num_processes, cfg.dpo.lora, cfg.dpo.bf16) == (launch, 8, None, True)
     assert cfg.dpo.batch_size * cfg.dpo.grad_accum * cfg.dpo.num_processes == 16  # the paper's global batch
+    assert (cfg.sft.accelerate_config, cfg.sft.num_processes, cfg.sft.lora, cfg.sft.bf16) == (launch, 8, None, True)
 
 
 def test_cpu_presets_train_in_process():
@@ -88,6 +90,8 @@ def test_both_shipped_configs_exist():
         ("dpo.accelerate_config=zero9", "not found"),
         ("dpo.num_processes=0", "must be >= 1"),
         ("dpo.num_processes=2", "needs dpo.accelerate_config"),
+        ("sft.accelerate_config=zero9", "not found"),
+        ("sft.num_processes=2", "needs sft.accelerate_config"),
         ("eval.tensor_parallel_size=0", "must be >= 1"),
         ("eval.backend=tgi", "expected torch, hf or vllm"),
     ],
@@ -133,11 +137,11 @@ def test_dpo_under_accelerate_launch_writes_what_in_process_training_writes(tiny
     model_cfg = ModelConfig(name="tiny", source=ModelSource.tiny)
     tokenizer = load_tokenizer(str(tiny_model_dir))
     pairs = tmp_path / "pairs.jsonl"
-    write_jsonl(pairs, _pairs(tokenizer, load_base_model(str(tiny_model_dir), model_cfg), [0.8, 0.6, 0.9]))
+    write_rows(pairs, _pairs(tokenizer, load_base_model(str(tiny_model_dir), model_cfg), [0.8, 0.6, 0.9]))
     policy = ModelRef("m1", str(tiny_model_dir))
     # full fine-tuning, as the Llama presets; two steps, each checkpointed, the checkpoints removed at the end
-    here_cfg = DPOConfig(lora=None, batch_size=2, lr=1e-3)
-    launched_cfg = DPOConfig(lora=None, batch_size=2, lr=1e-3, accelerate_config=cpu_launch, num_processes=1)
+    here_cfg = DPOConfig(lora=None, batch_size=2, grad_accum=1, lr=1e-3)
+    launched_cfg = DPOConfig(lora=None, batch_size=2, grad_accum=1, lr=1e-3, accelerate_config=cpu_launch, num_processes=1)
 
     here, here_metrics = train_in_process(here_cfg, model_cfg, policy, pairs, tmp_path / "here", 0, "m2")
     launched, launched_metrics = train(launched_cfg, model_cfg, policy, pairs, tmp_path / "launched", 0, "m2")
@@ -157,8 +161,8 @@ def test_dpo_under_accelerate_launch_writes_what_in_process_training_writes(tiny
 
 def test_sft_under_accelerate_launch_saves_the_adapter(tiny_model_dir, fixture_data, tmp_path, cpu_launch):
     examples = load_sft_examples("train", fixture_data, 4, seed=0)
-    dpo_cfg = DPOConfig(lora=LoraConfig(r=4, alpha=8), accelerate_config=cpu_launch)
-    m1, metrics = sft(SFTConfig(max_length=256, batch_size=2), dpo_cfg, ModelConfig(name="tiny", source=ModelSource.tiny),
+    cfg = SFTConfig(max_length=256, batch_size=2, grad_accum=1, lora=LoraConfig(r=4, alpha=8), accelerate_config=cpu_launch)
+    m1, metrics = sft(cfg, ModelConfig(name="tiny", source=ModelSource.tiny),
                       ModelRef("m0", str(tiny_model_dir)), examples, tmp_path / "sft", seed=0)
     assert m1 == ModelRef("m1", str(tiny_model_dir), str(tmp_path / "sft" / "adapter"))
     assert _files(tmp_path / "sft") == {"adapter/adapter_config.json", "adapter/adapter_model.safetensors",
@@ -168,9 +172,9 @@ def test_sft_under_accelerate_launch_saves_the_adapter(tiny_model_dir, fixture_d
 
 def test_an_error_in_a_launched_stage_reaches_the_loop_as_itself(tiny_model_dir, fixture_data, tmp_path, cpu_launch):
     examples = load_sft_examples("train", fixture_data, 2, seed=0)
-    dpo_cfg = DPOConfig(lora=LoraConfig(r=4, alpha=8), accelerate_config=cpu_launch)
+    cfg = SFTConfig(max_length=8, lora=LoraConfig(r=4, alpha=8), accelerate_config=cpu_launch)
     with pytest.raises(StageError, match=r"no SFT example fits in sft\.max_length=8"):
-        sft(SFTConfig(max_length=8), dpo_cfg, ModelConfig(name="tiny", source=ModelSource.tiny),
+        sft(cfg, ModelConfig(name="tiny", source=ModelSource.tiny),
             ModelRef("m0", str(tiny_model_dir)), examples, tmp_path / "sft", seed=0)
     assert not (tmp_path / "sft" / REQUEST).exists() and not (tmp_path / "sft" / RESULT).exists()
 
@@ -179,11 +183,11 @@ def test_a_killed_loop_leaves_no_training_process_behind(tiny_model_dir, tmp_pat
     """A trainer outliving a SIGKILLed loop would race the resumed run for its checkpoints."""
     model_cfg = ModelConfig(name="tiny", source=ModelSource.tiny)
     pairs = tmp_path / "pairs.jsonl"
-    write_jsonl(pairs, _pairs(load_tokenizer(str(tiny_model_dir)), load_base_model(str(tiny_model_dir), model_cfg), [0.5] * 3))
+    write_rows(pairs, _pairs(load_tokenizer(str(tiny_model_dir)), load_base_model(str(tiny_model_dir), model_cfg), [0.5] * 3))
     loop_code = (
         "from pathlib import Path\n"
         "from cream.config import DPOConfig, ModelConfig, ModelSource\n"
-        "from cream.dpo import train\n"
+        "from cream.stages.train import train\n"
         "from cream.models import ModelRef\n"
         f"train(DPOConfig(lora=None, batch_size=1, epochs=500, accelerate_config={cpu_launch!r}), "
         f"ModelConfig(name='tiny', source=ModelSource.tiny), ModelRef('m1', {str(tiny_model_dir)!r}), "

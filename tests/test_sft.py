@@ -2,15 +2,15 @@
 
 import torch
 
-from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource, SFTConfig
+from cream.config import LoraConfig, ModelConfig, ModelSource, SFTConfig
 from cream.data import load_sft_examples
 from cream.models import ModelRef
-from cream.sft import build_trainer
+from cream.stages.sft import build_trainer
 
 
 def test_labels_mask_prompt_and_padding(tiny_model_dir, fixture_data, tmp_path):
     examples = load_sft_examples("train", fixture_data, 4, seed=0)
-    trainer = build_trainer(SFTConfig(max_length=256), DPOConfig(lora=LoraConfig(r=4, alpha=8)),
+    trainer = build_trainer(SFTConfig(max_length=256, lora=LoraConfig(r=4, alpha=8)),
                             ModelConfig(name="tiny", source=ModelSource.tiny),
                             ModelRef("m0", str(tiny_model_dir)), examples, tmp_path, seed=0)
     tokenizer = trainer.processing_class

@@ -5,12 +5,14 @@ import math
 import pytest
 import torch
 
-from cream.artifacts import write_jsonl
-from cream.config import JudgeConfig, ModelConfig, ModelSource, RewarderName, SamplingConfig
+from cream.config import AgreementMeasure, ModelConfig, ModelSource, RewarderConfig, RewarderName, SamplingConfig
+from cream.consistency import prompt_consistency
 from cream.errors import StageError
-from cream.models import ModelPool, ModelRef, load_base_model, load_tokenizer
-from cream.reward import RewardSpec, reward, sequence_logprobs
-from cream.sample import _cut_response, chat_prompt_ids, sample
+from cream.generation import chat_prompt_ids, cut_response
+from cream.models import ModelRef, load_base_model, load_tokenizer
+from cream.scoring import distinct_count, sequence_logprobs
+from cream.stages import reward, sample
+from tests.conftest import stage_context
 
 TINY = ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128)
 
@@ -25,7 +27,7 @@ TINY = ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128)
     ],
 )
 def test_cut_response(ids, expected, finished):
-    assert _cut_response(ids, eos_id=2, pad_id=0) == (expected, finished)
+    assert cut_response(ids, eos_id=2, pad_id=0) == (expected, finished)
 
 
 def test_batched_scoring_equals_one_by_one_and_masks_the_prompt(tiny_model_dir):
@@ -71,24 +73,45 @@ def test_responses_sharing_a_prompt_score_as_whole_sequences_under_an_adapter(ti
     assert shared[3] == 0.0  # an empty response has no token to score
 
 
+def test_identical_responses_get_identical_log_probs(tiny_model_dir):
+    """The same (prompt, response) is scored once: in two batch rows its log-probs would differ by ~1e-6,
+    and Kendall's tie rule would read an order into an all-duplicate prompt (C = 0.83 instead of 0.5)."""
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    model = load_base_model(str(tiny_model_dir), TINY)
+    prompt, other = chat_prompt_ids(tokenizer, "What is 2+2?"), chat_prompt_ids(tokenizer, "Name a colour.")
+    same = tokenizer("It is four, I think.", add_special_tokens=False)["input_ids"]
+    longer = tokenizer("A long answer that pads the batch " * 3, add_special_tokens=False)["input_ids"]
+    seqs = [(prompt, same), (other, longer), (prompt, same), (other, same), (prompt, longer), (prompt, same), (prompt, same)]
+    scored = []  # responses run through the model, counted at its top-level forward
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: scored.append(len(kwargs["input_ids"])), with_kwargs=True)
+    values = sequence_logprobs(model, seqs, 2, tokenizer.pad_token_id, "t")
+    hook.remove()
+    duplicates = [values[i] for i in (0, 2, 5, 6)]
+    assert len(set(duplicates)) == 1 and sum(scored) == distinct_count(seqs) == 4
+    assert values[3] != values[0]  # the same response after another prompt is another sequence
+    current = [v - 1.0 for v in duplicates]  # an implicit reward over the same log-probs: all tied
+    assert prompt_consistency(current, duplicates, AgreementMeasure.kendall) == 0.5
+
+
 def test_prompts_longer_than_the_context_are_skipped_and_counted(tiny_model_dir, tmp_path):
     prompts = [{"id": "short", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"},
                {"id": "long", "task": "gsm8k", "prompt": "word " * 200, "answer": "1"}]
-    cfg = SamplingConfig(n=2, max_new_tokens=8, batch_size=4)
-    metrics = sample(cfg, TINY, ModelPool(TINY), ModelRef("m1", str(tiny_model_dir)), prompts, tmp_path, seed=0)
+    m1 = ModelRef("m1", str(tiny_model_dir))
+    ctx = stage_context(tmp_path, [m1, m1], prompts, sampling=SamplingConfig(n=2, max_new_tokens=8, batch_size=4))
+    metrics = sample.run(ctx, tmp_path / "s").metrics
     assert metrics["sample/prompts"] == 1 and metrics["sample/prompts_skipped_too_long"] == 1
     assert metrics["sample/responses"] == 2
 
 
 def test_nan_log_probs_stop_the_stage_naming_the_model(tiny_model_dir, tmp_path):
     prompts = [{"id": "a", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"}]
-    pool = ModelPool(TINY)
-    m1 = ModelRef("m1", str(tiny_model_dir))
-    sample(SamplingConfig(n=2, max_new_tokens=6, batch_size=2), TINY, pool, m1, prompts, tmp_path / "s", seed=0)
-    with pool.use(m1) as model:
+    m0, m1 = ModelRef("m0", str(tiny_model_dir)), ModelRef("m1", str(tiny_model_dir))
+    ctx = stage_context(tmp_path, [m0, m1], prompts, sampling=SamplingConfig(n=2, max_new_tokens=6, batch_size=2),
+                        rewarder=RewarderConfig(name=RewarderName.likelihood, batch_size=2))
+    ctx.outputs["sample"] = sample.run(ctx, tmp_path / "s").outputs
+    with ctx.pool.use(m1) as model:
         with torch.no_grad():
             model.model.norm.weight.fill_(float("nan"))  # a broken checkpoint
-        spec = RewardSpec(RewarderName.likelihood, m1)
         with pytest.raises(StageError, match="non-finite log-prob under model m1"):
-            reward(spec, None, pool, tmp_path / "s" / "responses.jsonl", tmp_path / "r", 2, JudgeConfig(), SamplingConfig(), 128, 0)
+            reward.run(ctx, tmp_path / "r")
     assert not (tmp_path / "r" / "rewards.jsonl").exists()

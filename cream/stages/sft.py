@@ -1,8 +1,8 @@
-"""SFT stage: M0 -> M1 on the labelled seed conversations, loss on the assistant reply only.
+"""SFT: M0 -> M1 on the labelled seed conversations, loss on the assistant reply only -> `adapter/` (or `model/`).
 
 TRL's prompt/completion format masks the prompt; its collator pads labels with -100, never with
 the pad token id (mistake 3 of the published code). `tests/test_sft.py` checks the batch.
-Like DPO, it runs under `accelerate launch` when `dpo.accelerate_config` is set (`cream.launch`).
+Like DPO, it runs under `accelerate launch` when `sft.accelerate_config` is set (`cream.launch`).
 """
 
 from __future__ import annotations
@@ -14,14 +14,24 @@ import torch
 from trl import SFTConfig as TRLSFTConfig
 from trl import SFTTrainer
 
-from cream.config import DPOConfig, ModelConfig, SFTConfig
-from cream.dpo import last_complete_checkpoint, load_trainable, save_policy
+from cream.config import ModelConfig, SFTConfig
 from cream.errors import StageError
+from cream.finetune import last_complete_checkpoint, load_trainable, save_policy
 from cream.launch import run_training
 from cream.models import ModelRef, load_tokenizer
+from cream.stages import Context, StageResult
+
+NAME = "sft"
+READS: tuple[str, ...] = ()
 
 
-def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
+def run(ctx: Context, stage_dir: Path) -> StageResult:
+    ctx.pool.release()  # training loads its own trainable copy
+    model, metrics = sft(ctx.cfg.sft, ctx.cfg.model, ctx.models[0], ctx.sft_examples, stage_dir, ctx.cfg.seed)
+    return StageResult(metrics, {"model": model})
+
+
+def build_trainer(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
                   stage_dir: Path, seed: int) -> SFTTrainer:
     from datasets import Dataset
 
@@ -35,10 +45,10 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         gradient_accumulation_steps=cfg.grad_accum,
         max_length=cfg.max_length,
         completion_only_loss=True,
-        bf16=dpo_cfg.bf16,
-        gradient_checkpointing=dpo_cfg.gradient_checkpointing,
-        lr_scheduler_type="cosine",
-        warmup_steps=0.1,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # < 1 reads as a ratio of the total steps
         logging_steps=5,
         save_strategy="steps",  # resume points: an interrupted SFT continues from its last checkpoint
         save_steps=max(1, len(examples) // (cfg.batch_size * cfg.grad_accum) // 4),
@@ -47,22 +57,22 @@ def build_trainer(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0
         seed=seed,
         use_cpu=not torch.cuda.is_available(),
     )
-    model, peft_config = load_trainable(m0, model_cfg, dpo_cfg)  # same LoRA settings as DPO
+    model, peft_config = load_trainable(m0, model_cfg, cfg)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
     return SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
 
 
-def sft(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
-        stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
+def sft(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict], stage_dir: Path,
+        seed: int) -> tuple[ModelRef, dict]:
     """Fine-tune M0 on the seed examples; returns M1 and the stage metrics. In this process, or under
-    `accelerate launch` with the training processes of `dpo.accelerate_config`."""
-    return run_training(sft_in_process, dpo_cfg, stage_dir, cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
+    `accelerate launch` with the training processes of `sft.accelerate_config`."""
+    return run_training(sft_in_process, cfg, stage_dir, cfg, model_cfg, m0, examples, stage_dir, seed)
 
 
-def sft_in_process(cfg: SFTConfig, dpo_cfg: DPOConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
+def sft_in_process(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
                    stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
     """`sft` in the calling process, one of the launched ones or the loop's own."""
-    trainer = build_trainer(cfg, dpo_cfg, model_cfg, m0, examples, stage_dir, seed)
+    trainer = build_trainer(cfg, model_cfg, m0, examples, stage_dir, seed)
     if len(trainer.train_dataset) == 0:
         raise StageError(f"no SFT example fits in sft.max_length={cfg.max_length} tokens with room for its reply")
     checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))

@@ -1,14 +1,16 @@
-"""Sample stage: N responses per prompt from the current model.
+"""Sampling from a model of the pool: N continuations per prompt, in resumable chunks.
 
 Backends (`sampling.backend`): `torch`, cream's own decoder (cream/decode.py, the default);
-`hf`, transformers' `generate`; `vllm`, for GPUs. Prompts are sorted by length and generated in
-chunks; each chunk is kept on disk with its own seed, so an interrupted stage resumes at the first
-missing chunk and reproduces the same text.
+`hf`, transformers' `generate`; `vllm`, for GPUs (cream/vllm_sampling.py). Prompts are sorted by
+length and generated in chunks; each chunk is kept on disk with its own seed, so an interrupted
+stage resumes at the first missing chunk and reproduces the same text. The sample stage and the
+judge both sample through `generate`.
 """
 
 from __future__ import annotations
 
 import copy
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -16,12 +18,11 @@ import torch
 from tqdm import tqdm
 
 from cream.artifacts import read_jsonl, write_jsonl
-from cream.config import JudgeConfig, ModelConfig, SamplingBackend, SamplingConfig
+from cream.config import JudgeConfig, SamplingBackend, SamplingConfig
 from cream.decode import Decoder
-from cream.errors import StageError
-from cream.models import ModelPool, ModelRef, dtype_of, load_tokenizer
-
-RESPONSES = "responses.jsonl"
+from cream.model_pool import ModelPool
+from cream.models import ModelRef, dtype_of
+from cream.rows import Response
 
 
 def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
@@ -30,7 +31,7 @@ def chat_prompt_ids(tokenizer, prompt: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _cut_response(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
+def cut_response(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], bool]:
     """Generated ids up to and including the first end-of-turn token; whether it was reached."""
     if eos_id in ids:
         return ids[: ids.index(eos_id) + 1], True
@@ -89,8 +90,8 @@ def generate(
     chunk_dir: Path,
     desc: str,
     max_length: int,
-) -> list[list[dict]]:
-    """`cfg.n` sampled continuations of each prompt, in input order: {"text", "ids", "finished"}.
+) -> list[list[Response]]:
+    """`cfg.n` sampled continuations of each prompt, in input order.
 
     `cfg` says what to sample (n, temperature, top_p, length, batch); `engine` (the run's sampling
     config) says with which backend and dtype. Prompts are generated in length order (less padding),
@@ -106,7 +107,7 @@ def generate(
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     per_call = max(1, cfg.batch_size // cfg.n)
     chunks = [order[i : i + per_call] for i in range(0, len(order), per_call)]
-    results: list[list[dict]] = [[] for _ in prompt_ids]
+    results: list[list[Response]] = [[] for _ in prompt_ids]
     with pool.use(model_ref) as model:
         sampler = None  # built at the first missing chunk: a resumed stage may need none
         for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
@@ -114,55 +115,14 @@ def generate(
             if not path.is_file():  # else kept from an interrupted run
                 sampler = sampler or _chunk_sampler(model, cfg, engine, eos_id, pad_id)
                 generated = sampler([prompt_ids[i] for i in chunk], seed * 1_000_003 + index)
-                write_jsonl(path, [{"samples": [_response(tokenizer, ids, eos_id, pad_id)
+                write_jsonl(path, [{"samples": [asdict(_response(tokenizer, ids, eos_id, pad_id))
                                                 for ids in generated[k * cfg.n : (k + 1) * cfg.n]]}
                                    for k in range(len(chunk))])
             for i, row in zip(chunk, read_jsonl(path)):
-                results[i] = row["samples"]
+                results[i] = [Response(**s) for s in row["samples"]]
     return results
 
 
-def _response(tokenizer, ids: list[int], eos_id: int, pad_id: int) -> dict:
-    ids, finished = _cut_response(ids, eos_id, pad_id)
-    return {"text": tokenizer.decode(ids, skip_special_tokens=True), "ids": ids, "finished": finished}
-
-
-def sample(
-    cfg: SamplingConfig,
-    model_cfg: ModelConfig,
-    pool: ModelPool,
-    model_ref: ModelRef,
-    prompts: list[dict],
-    stage_dir: Path,
-    seed: int,
-) -> dict:
-    """Write `responses.jsonl` (one row per prompt with its N responses) and return the stage metrics."""
-    tokenizer = load_tokenizer(model_ref.base)
-    budget = model_cfg.max_length - cfg.max_new_tokens
-    encoded, too_long = [], 0
-    for p in prompts:
-        ids = chat_prompt_ids(tokenizer, p["prompt"])
-        if len(ids) > budget:
-            too_long += 1  # skipped, not truncated: a cut question has no right answer
-            continue
-        encoded.append({**p, "prompt_ids": ids})
-    if not encoded:
-        raise StageError(
-            f"no prompt fits in model.max_length={model_cfg.max_length} minus sampling.max_new_tokens="
-            f"{cfg.max_new_tokens} ({too_long} prompts too long)"
-        )
-    samples = generate(pool, model_ref, tokenizer, [r["prompt_ids"] for r in encoded], cfg, cfg, seed,
-                       Path(stage_dir) / "chunks", "sample", model_cfg.max_length)
-    rows = [{**r, "responses": s} for r, s in zip(encoded, samples)]
-    write_jsonl(Path(stage_dir) / RESPONSES, rows)
-    responses = [resp for row in rows for resp in row["responses"]]
-    lengths = [len(resp["ids"]) for resp in responses]
-    return {
-        "sample/prompts": len(rows),
-        "sample/prompts_skipped_too_long": too_long,
-        "sample/responses": len(responses),
-        "sample/empty_responses": sum(not resp["text"].strip() for resp in responses),
-        "sample/unfinished_responses": sum(not resp["finished"] for resp in responses),
-        "sample/mean_response_tokens": sum(lengths) / len(lengths),
-        "sample/distinct_per_prompt": sum(len({x["text"] for x in row["responses"]}) for row in rows) / len(rows),
-    }
+def _response(tokenizer, ids: list[int], eos_id: int, pad_id: int) -> Response:
+    ids, finished = cut_response(ids, eos_id, pad_id)
+    return Response(tokenizer.decode(ids, skip_special_tokens=True), ids, finished)

@@ -1,0 +1,29 @@
+"""Evaluate: benchmark scores of the newest model (M0, M1, M_{t+1}) through lm-eval -> `eval.json`,
+`predictions.jsonl`. The protocols and backends are in `cream.evaluation`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cream.artifacts import read_json
+from cream.evaluation import evaluate_model, wrong_answers
+from cream.stages import Context, StageResult
+
+NAME = "evaluate"
+READS: tuple[str, ...] = ()
+WRONG_ANSWERS_LOGGED = 20
+
+
+def run(ctx: Context, stage_dir: Path) -> StageResult:
+    model = ctx.newest
+    ctx.pool.release()  # lm-eval loads its own copy
+    scores = evaluate_model(ctx.cfg.eval, ctx.data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
+                            stage_dir, dtype=ctx.cfg.model.dtype, seed=ctx.cfg.seed)
+    timing = read_json(Path(stage_dir) / "eval.json")
+    metrics = {f"eval/{task}": score for task, score in scores.items()}
+    metrics["time/eval_items_per_s"] = timing["items"] / max(timing["seconds"], 1e-9)
+    wrong = wrong_answers(stage_dir, WRONG_ANSWERS_LOGGED)
+    if wrong:
+        columns = list(wrong[0].keys())
+        ctx.logger.table(ctx.iteration, f"eval/wrong_answers_{model.name}", columns, [[w[c] for c in columns] for w in wrong])
+    return StageResult(metrics, {"eval": Path(stage_dir) / "eval.json", "predictions": Path(stage_dir) / "predictions.jsonl"})

@@ -1,0 +1,90 @@
+"""Reward: every response's reward under M_t and the ranking of M_{t-1} -> `rewards.jsonl` (`RewardRow`s).
+
+Every (model, response) log-probability is computed once per iteration and kept in `rewards.jsonl`:
+the current model's reward, the previous model's ranking (consistency) and the DPO reference
+log-probs of chosen and rejected (training) all read it from there. The current model's log-probs
+are always computed: whatever the rewarder, DPO reads its reference log-probs from here.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from cream.artifacts import read_json, write_json
+from cream.errors import StageError
+from cream.models import load_tokenizer
+from cream.rewarders import correctness, reward_specs, spec_scores
+from cream.rows import PromptSamples, RewardRow, read_rows, write_rows
+from cream.scoring import distinct_count, sequence_logprobs
+from cream.stages import Context, StageResult
+
+NAME = "reward"
+READS = ("sample",)
+REWARDS = "rewards.jsonl"
+
+
+def run(ctx: Context, stage_dir: Path) -> StageResult:
+    cfg = ctx.cfg
+    samples_path = ctx.file("sample", "responses")
+    rows = read_rows(samples_path, PromptSamples)
+    current, previous = reward_specs(cfg, ctx.models, ctx.iteration)
+    tokenizer = load_tokenizer(current.model.base)
+    sequences = [(row.prompt_ids, resp.ids) for row in rows for resp in row.responses]
+    needed = {m.name: m for m in [current.model, *current.logp_models(), *previous.logp_models()]}
+    flat: dict[str, list[float]] = {}
+    computed = 0  # (model, sequence) log-probs computed here; every later use reads them
+    for name, ref in needed.items():
+        path = Path(stage_dir) / "logps" / f"{name}.json"
+        if path.is_file():  # kept from an interrupted run
+            flat[name] = read_json(path)
+            continue
+        with ctx.pool.use(ref) as model:
+            values = sequence_logprobs(model, sequences, cfg.rewarder.batch_size, tokenizer.pad_token_id,
+                                       desc=f"logprobs {name}")
+        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+        if bad:
+            raise StageError(f"non-finite log-prob under model {name} for {len(bad)} responses "
+                             f"(first: sequence {bad[0]} of {samples_path})")
+        write_json(path, values)
+        computed += distinct_count(sequences)
+        flat[name] = values
+
+    def scores_of(spec):
+        return spec_scores(spec, rows, flat, cfg.judge, cfg.sampling, ctx.pool, cfg.model.max_length,
+                           ctx.sampling_seed, stage_dir)
+
+    scores, stats = scores_of(current)
+    previous_scores, _ = scores_of(previous)
+    if stats.get("judge/judgements") and stats["judge/parse_rate"] == 0:
+        raise StageError(f"the judge returned no parsable score in {stats['judge/judgements']} judgements: "
+                         f"check `judge.template` and `judge.pattern` ({cfg.judge.pattern})")
+    out_rows, cursor = [], 0
+    for row, row_scores, row_previous in zip(rows, scores, previous_scores):
+        n = len(row.responses)
+        out_rows.append(RewardRow(
+            id=row.id, task=row.task, answer=row.answer, rewards=row_scores, previous_rewards=row_previous,
+            correct=correctness(row), logps={name: values[cursor : cursor + n] for name, values in flat.items()},
+            n_tokens=[len(resp.ids) for resp in row.responses],
+        ))
+        cursor += n
+    valid = np.array([r for row in scores for r in row if r is not None], dtype=float)
+    if valid.size == 0 or np.all(valid == valid[0]):
+        raise StageError(
+            f"every reward of this iteration is equal or missing ({valid[:1].tolist()}): the rewarder cannot rank anything "
+            f"(with rewarder=implicit this happens when the current model {current.model.name} equals its "
+            f"reference; enable SFT (`sft.enabled=true`) or use another rewarder)"
+        )
+    write_rows(Path(stage_dir) / REWARDS, out_rows)
+    metrics = {
+        "reward/mean": float(valid.mean()),
+        "reward/std": float(valid.std()),
+        "reward/min": float(valid.min()),
+        "reward/max": float(valid.max()),
+        "reward/forward_passes": computed,
+        "reward/models_scored": len(needed),
+        **stats,
+    }
+    return StageResult(metrics, {"rewards": Path(stage_dir) / REWARDS})
