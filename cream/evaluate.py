@@ -41,14 +41,9 @@ def main(argv: list[str] | None = None) -> None:
         from cream.models import resolve_model_dir
 
         eval_cfg = EvalConfig(
-            protocol=EvalProtocol(args.protocol),
-            tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
-            split=args.split,
-            limit=args.limit,
-            batch_size=args.batch_size,
-            max_gen_toks=args.max_gen_toks,
-            backend=args.backend,
-            tensor_parallel_size=args.tensor_parallel_size,
+            protocol=EvalProtocol(args.protocol), tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],
+            **{key: getattr(args, key) for key in ("split", "limit", "batch_size", "max_gen_toks", "backend",
+                                                   "tensor_parallel_size")},
         )
         data_dir = resolve_data_dir(args.data, DataSource.hub if args.hub else DataSource.local)
         model = args.model or resolve_model_dir(ModelConfig(), Path(PathsConfig().cache).expanduser())

@@ -50,7 +50,7 @@ def run_training(fn: Callable[..., tuple[ModelRef, dict]], cfg: TrainingConfig, 
 
         if importlib.util.find_spec("deepspeed") is None:
             raise ConfigError(f"config key `{key}`: {path} runs DeepSpeed, which is not installed: "
-                              "pip install -e .[gpu] (or dpo.accelerate_config=fsdp)")
+                              f"pip install -e .[gpu] (or {key}=fsdp)")
     from cream.vllm_sampling import release_engine
 
     release_engine()  # the training processes need the GPUs a cached vLLM engine of this process holds

@@ -1,6 +1,6 @@
 """`sampling.backend=vllm`: N sampled responses per prompt from vLLM's offline engine, tensor parallel.
 
-`generate_vllm` returns what `cream.sample.generate` returns: per prompt, in input order, `cfg.n` dicts
+`generate_vllm` returns what `cream.generation.generate` reads: per prompt, in input order, `cfg.n` dicts
 {"text", "ids", "finished"}, with `ids` the generated ids up to and including the end-of-turn token
 when it was reached. vLLM stops at the tokenizer's end-of-sequence token and at the ones of the
 model's generation config, and keeps the stopping token in the ids; a response ends "finished" when

@@ -30,29 +30,15 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     return StageResult(metrics, {"model": model})
 
 
-def train(
-    cfg: DPOConfig,
-    model_cfg: ModelConfig,
-    policy: ModelRef,
-    pairs_path: Path,
-    stage_dir: Path,
-    seed: int,
-    output_name: str,
-) -> tuple[ModelRef, dict]:
+def train(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
+          output_name: str) -> tuple[ModelRef, dict]:
     """Train M_t on the pairs; returns M_{t+1} and the stage metrics. In this process, or in
     `dpo.num_processes` processes under `accelerate launch --config_file dpo.accelerate_config`."""
     return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, pairs_path, stage_dir, seed, output_name)
 
 
-def train_in_process(
-    cfg: DPOConfig,
-    model_cfg: ModelConfig,
-    policy: ModelRef,
-    pairs_path: Path,
-    stage_dir: Path,
-    seed: int,
-    output_name: str,
-) -> tuple[ModelRef, dict]:
+def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
+                     output_name: str) -> tuple[ModelRef, dict]:
     """`train` in the calling process, one of the launched ones or the loop's own."""
     dataset = pairs_dataset(pairs_path)
     tokenizer = load_tokenizer(policy.base)
