@@ -1,7 +1,8 @@
 """Run-folder artifacts: atomic JSON/JSONL writes, file:line errors on read, manifests, completion marks.
 
-A stage folder holds its artifacts, `manifest.json` (config hash, inputs with their hashes, outputs)
-and `DONE`, written last. A folder without `DONE` is incomplete and is redone.
+A stage folder holds its artifacts, `started.json` (the fingerprint it was started from),
+`manifest.json` (the outputs with their hashes, the fingerprint, the metrics) and `DONE`, written last.
+A folder without `DONE` is incomplete and is redone.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import tempfile
 from pathlib import Path
@@ -18,12 +20,23 @@ from cream.errors import DataError, StageError
 
 DONE = "DONE"
 MANIFEST = "manifest.json"
+STARTED = "started.json"  # what the stage was started from (cream.run_folder.prepare_stage)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -42,13 +55,29 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with NaN and infinities as None: strict JSON parsers reject them."""
+    if isinstance(obj, numbers.Real) and not isinstance(obj, numbers.Integral) and not math.isfinite(obj):
+        return None  # numpy and torch scalars included
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def json_line(obj: Any) -> str:
+    """One strict JSON line (NaN written as null)."""
+    return json.dumps(strict_json(obj), ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+
+
 def write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
+    text = json.dumps(strict_json(obj), indent=2, allow_nan=False, default=_json_default) + "\n"
+    _atomic_write_bytes(Path(path), text.encode())
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    text = "".join(json.dumps(r, ensure_ascii=False, default=_json_default) + "\n" for r in rows)
-    _atomic_write_bytes(Path(path), text.encode())
+    _atomic_write_bytes(Path(path), "".join(json_line(r) for r in rows).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -102,21 +131,15 @@ def file_hash(path: Path) -> str:
     return h.hexdigest()
 
 
-def config_hash(section: Any) -> str:
-    return hashlib.sha256(json.dumps(section, sort_keys=True, default=_json_default).encode()).hexdigest()[:16]
-
-
 def is_complete(stage_dir: Path) -> bool:
     return (Path(stage_dir) / DONE).is_file()
 
 
-def mark_complete(stage_dir: Path, config_digest: str, inputs: list[Path], extra: dict | None = None) -> None:
-    """Write the manifest (config hash, inputs and outputs with their hashes), then the DONE mark."""
+def mark_complete(stage_dir: Path, extra: dict | None = None) -> None:
+    """Write the manifest (outputs with their hashes, and `extra`), then the DONE mark."""
     stage_dir = Path(stage_dir)
-    outputs = sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.name not in (DONE, MANIFEST))
+    outputs = sorted(p for p in stage_dir.rglob("*") if p.is_file() and p.name not in (DONE, MANIFEST, STARTED))
     manifest = {
-        "config_hash": config_digest,
-        "inputs": {str(p): file_hash(p) for p in inputs},
         "outputs": {str(p.relative_to(stage_dir)): file_hash(p) for p in outputs},
         **(extra or {}),
     }

@@ -92,6 +92,16 @@ def _require(condition: bool, key: str, message: str) -> None:
         raise ConfigError(f"config key `{key}`: {message}")
 
 
+def check_run_name(value: Any) -> str:
+    """`run_name` as a plain folder name: the run folder must be `paths.runs/<experiment>/<run_name>`, not
+    outside it (`../x`, `/abs`), nor the experiment folder itself (``, `.`)."""
+    name = str(value)
+    _require(name not in ("", ".", "..") and "/" not in name and "\\" not in name, "run_name",
+             f"must be a plain folder name (no '/' or '\\', not '', '.' or '..'), so the run stays in "
+             f"paths.runs/<experiment>/; got {name!r}")
+    return name
+
+
 
 def accelerate_config_file(value: str, key: str = "dpo.accelerate_config"):
     """The file an `accelerate_config` key names and its parsed config (accelerate's own loader checks it)."""
@@ -132,6 +142,11 @@ class ModelConfig:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
                  f"expected float32, bfloat16 or float16, got {self.dtype!r}")
         _require(self.max_length > 0, "model.max_length", f"must be > 0, got {self.max_length}")
+        # The tiny model is built locally and reads no path; the schema's default (the embedded file name)
+        # counts as unset, any other value would be ignored silently.
+        unset = ("", type(self).__dataclass_fields__["path"].default)
+        _require(self.source != ModelSource.tiny or self.path in unset, "model.path",
+                 f"must be empty with model.source=tiny (the tiny model is built locally), got {self.path!r}")
 
 
 @dataclass
@@ -224,6 +239,12 @@ class LoraConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
 
+    def check(self, key: str) -> None:
+        """Range checks, naming the keys under `key` (`sft.lora`, `dpo.lora`): the parent calls this."""
+        _require(self.r >= 1, f"{key}.r", f"must be >= 1, got {self.r}")
+        _require(self.alpha > 0, f"{key}.alpha", f"must be > 0, got {self.alpha}")
+        _require(0 <= self.dropout < 1, f"{key}.dropout", f"must be in [0, 1), got {self.dropout}")
+
 
 @dataclass
 class TrainingConfig:
@@ -256,6 +277,14 @@ class TrainingConfig:
         _require(self.epochs > 0, f"{g}.epochs", f"must be > 0, got {self.epochs}")
         _require(self.batch_size > 0, f"{g}.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.grad_accum > 0, f"{g}.grad_accum", f"must be > 0, got {self.grad_accum}")
+        _require(0 <= self.warmup_ratio < 1, f"{g}.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        from transformers.trainer_utils import SchedulerType  # lazily: the names transformers' Trainer accepts
+
+        names = [s.value for s in SchedulerType]
+        _require(self.scheduler in names, f"{g}.scheduler",
+                 f"expected one of {', '.join(names)}, got {self.scheduler!r}")
+        if self.lora is not None:
+            self.lora.check(f"{g}.lora")
         _require(self.num_processes is None or self.num_processes >= 1, f"{g}.num_processes",
                  f"must be >= 1 or null, got {self.num_processes}")
         _require(self.num_processes is None or self.accelerate_config is not None, f"{g}.num_processes",
@@ -283,6 +312,12 @@ class SFTConfig(TrainingConfig):
     max_length: int = 256
 
     _group = "sft"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.max_examples is None or self.max_examples >= 1, "sft.max_examples",
+                 f"must be >= 1 or null (the whole seed set), got {self.max_examples}")
+        _require(self.max_length > 0, "sft.max_length", f"must be > 0, got {self.max_length}")
 
 
 @dataclass
@@ -317,6 +352,7 @@ class EvalConfig:
     tensor_parallel_size: int = 1  # GPUs of lm-eval's vLLM engine (backend=vllm)
 
     def __post_init__(self) -> None:
+        _require(not self.enabled or len(self.tasks) > 0, "eval.tasks", "must name at least one task")
         _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
         _require(self.backend in ("torch", "hf", "vllm"), "eval.backend",
                  f"expected torch, hf or vllm, got {self.backend!r}")
@@ -359,7 +395,10 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
 
     def __post_init__(self) -> None:
+        check_run_name(self.run_name)
+        _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
+        _require(self.threads is None or self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
         # the command line reads `resume=false` as a boolean, which arrives here as "False"
         self.resume = {"true": "auto"}.get(str(self.resume).lower(), str(self.resume).lower())
         _require(self.resume in [m.value for m in ResumeMode], "resume",
@@ -374,6 +413,9 @@ ConfigStore.instance().store(name="cream_schema", node=Config)
 # `run_name`'s default timestamp. Cached per composed config: Hydra resolves `run_name` for its output
 # folder (where it writes train.log) and the loop resolves it again later; both must read the same second.
 OmegaConf.register_new_resolver("run_stamp", lambda fmt: datetime.now().strftime(fmt), use_cache=True, replace=True)
+# `hydra.run.dir: ${paths.runs}/${experiment_name}/${run_folder:${run_name}}`: Hydra creates that folder and
+# its train.log before `load_config` runs, so a `run_name` leaving paths.runs must be refused while it resolves.
+OmegaConf.register_new_resolver("run_folder", check_run_name, replace=True)
 
 
 def load_config(cfg: DictConfig) -> Config:

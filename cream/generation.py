@@ -112,13 +112,17 @@ def generate(
         sampler = None  # built at the first missing chunk: a resumed stage may need none
         for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
             path = Path(chunk_dir) / f"{index:05d}.jsonl"
-            if not path.is_file():  # else kept from an interrupted run
+            expected = [prompt_ids[i] for i in chunk]
+            # kept from an interrupted run only if it holds these very prompts (each row records its own)
+            rows = read_jsonl(path) if path.is_file() else []
+            if [row.get("prompt_ids") for row in rows] != expected:
                 sampler = sampler or _chunk_sampler(model, cfg, engine, eos_id, pad_id)
-                generated = sampler([prompt_ids[i] for i in chunk], seed * 1_000_003 + index)
-                write_jsonl(path, [{"samples": [asdict(_response(tokenizer, ids, eos_id, pad_id))
-                                                for ids in generated[k * cfg.n : (k + 1) * cfg.n]]}
-                                   for k in range(len(chunk))])
-            for i, row in zip(chunk, read_jsonl(path)):
+                generated = sampler(expected, seed * 1_000_003 + index)
+                rows = [{"prompt_ids": expected[k], "samples": [asdict(_response(tokenizer, ids, eos_id, pad_id))
+                                                                for ids in generated[k * cfg.n : (k + 1) * cfg.n]]}
+                        for k in range(len(chunk))]
+                write_jsonl(path, rows)
+            for i, row in zip(chunk, rows):
                 results[i] = [Response(**s) for s in row["samples"]]
     return results
 

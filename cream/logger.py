@@ -6,11 +6,11 @@ only, after one warning.
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+from cream.artifacts import json_line
 from cream.config import Config, LoggerMode, to_plain_dict
 
 METRICS = "metrics.jsonl"
@@ -65,7 +65,7 @@ class RunLogger:
         record = {"iteration": iteration, "stage": stage, **metrics}
         self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
         self._call("log", {"iteration": iteration, **metrics})
 
     def histogram(self, iteration: int, key: str, values: Sequence[float]) -> None:

@@ -9,6 +9,7 @@ with its DONE mark is reused, so rerunning the same command resumes where it sto
 
 from __future__ import annotations
 
+import logging
 import resource
 import time
 from pathlib import Path
@@ -17,102 +18,118 @@ from typing import Optional
 
 import torch
 
-from cream.artifacts import MANIFEST, config_hash, is_complete, mark_complete, read_json, verify_outputs, write_json
-from cream.config import Config, ResumeMode, to_plain_dict
+from cream.artifacts import MANIFEST, is_complete, iter_numbered_jsonl, mark_complete, read_json, verify_outputs
+from cream import preflight
+from cream.config import Config
 from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir
-from cream.errors import ConfigError
-from cream.logger import RunLogger
+from cream.errors import DataError
+from cream.lm_eval_tasks import FOLDERS
+from cream.logger import METRICS, RunLogger
 from cream.model_pool import ModelPool
 from cream.models import ModelRef, resolve_model_dir
+from cream.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
 from cream.stages import Context, StageResult, consistency, evaluate, pairs, reward, sample, sft, train
 
+log = logging.getLogger("cream")
 ITERATION = (sample, reward, consistency, pairs, train, evaluate)
-RUN_MANIFEST = "run.json"
-# Keys that may change between a run and its resumption without changing any result.
-_NOT_RESULT_KEYS = ("logger", "run_name", "threads", "resume", "paths")
 
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _flatten(d: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        out.update(_flatten(v, key + ".") if isinstance(v, dict) else {key: v})
-    return out
-
-
-def _encode(outputs: dict, stage_dir: Path) -> dict:
-    """A stage's outputs as JSON for its manifest: files relative to the stage folder, models as dicts."""
-    return {k: {"model": v.as_dict()} if isinstance(v, ModelRef) else {"file": str(Path(v).relative_to(stage_dir))}
-            for k, v in outputs.items()}
-
-
-def _decode(encoded: dict, stage_dir: Path) -> dict:
-    return {k: ModelRef(**v["model"]) if "model" in v else stage_dir / v["file"] for k, v in encoded.items()}
-
-
 class Run:
-    """The run folder: its manifest, its logger and the stage runner."""
+    """The run folder, its logger and the stage runner."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.dir = Path(cfg.paths.runs) / cfg.experiment_name / cfg.run_name
-        if cfg.resume == ResumeMode.false:
-            suffix = 1
-            while (self.dir / RUN_MANIFEST).exists():
-                suffix += 1
-                self.dir = Path(cfg.paths.runs) / cfg.experiment_name / f"{cfg.run_name}_{suffix}"
-        self.result_config = {k: v for k, v in to_plain_dict(cfg).items() if k not in _NOT_RESULT_KEYS}
-        manifest_path = self.dir / RUN_MANIFEST
-        run_id = None
-        if manifest_path.is_file():
-            previous = read_json(manifest_path)
-            old, new = _flatten(previous["config"]), _flatten(self.result_config)
-            differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
-            if differing and cfg.resume != ResumeMode.force:
-                changes = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:10])
-                raise ConfigError(
-                    f"run folder {self.dir} holds a run with another configuration ({changes}); "
-                    f"choose a new `run_name`, `resume=false` for a new folder, or `resume=force` to reuse it anyway"
-                )
-            run_id = previous.get("wandb_id")
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.logger = RunLogger(cfg, self.dir, run_id=run_id)
-        write_json(manifest_path, {"config": self.result_config, "wandb_id": self.logger.run_id})
+    def __init__(self, cfg: Config, data: dict):
+        self.folder = RunFolder(cfg, data)
+        self.dir = self.folder.dir
+        self.data_digest = digest(data)
+        self.logged = _logged_stages(self.dir / METRICS)
+        self.logger = RunLogger(cfg, self.dir, run_id=self.folder.manifest["wandb_id"])
+        self.folder.save(self.logger.run_id)
+        self.model_digests: dict[str, str] = {}  # model name -> digest of the stage that produced it
         self.stage_seconds: dict[str, float] = {}
 
+    def fingerprint(self, ctx: Context, stage: ModuleType) -> dict:
+        """What a stage's result depends on: its settings, its inputs, the models so far, the data."""
+        return {
+            "config": digest(select(self.folder.config, stage.CONFIG)),
+            "inputs": {s: ctx.digests[s] for s in stage.READS},
+            "models": [self.model_digests.get(m.name, digest(m.as_dict())) for m in ctx.models],
+            "data": self.data_digest,
+        }
+
     def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None) -> StageResult:
-        """Run `stage` unless its folder is complete; log its metrics; hand its outputs to the context."""
+        """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once."""
         name = name or stage.NAME
         iteration = ctx.iteration
         stage_dir = self.dir / f"iter_{iteration}" / name
-        if is_complete(stage_dir):
+        fingerprint = self.fingerprint(ctx, stage)
+        if is_complete(stage_dir) and read_json(stage_dir / MANIFEST).get("fingerprint") == fingerprint:
             verify_outputs(stage_dir)
             manifest = read_json(stage_dir / MANIFEST)
-            print(f"[cream] iter {iteration} {name}: complete, reusing {stage_dir}")
-            result = StageResult(manifest["metrics"], _decode(manifest["artifacts"], stage_dir))
+            log.info(f"iter {iteration} {name}: complete, reusing {stage_dir}")
+            result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
+            if (iteration, name) not in self.logged:  # killed between its DONE and its record
+                self.logger.log(iteration, name, result.metrics)
         else:
-            inputs = [f for s in stage.READS for f in ctx.outputs[s].values() if isinstance(f, Path)]
-            print(f"[cream] iter {iteration} {name} ...")
+            if is_complete(stage_dir):
+                log.info(f"iter {iteration} {name}: computed from other settings, inputs or data; recomputing")
+            prepare_stage(stage_dir, fingerprint)
+            log.info(f"iter {iteration} {name} ...")
             start = time.perf_counter()
             result = stage.run(ctx, stage_dir)
             seconds = time.perf_counter() - start
             result.metrics = {**result.metrics, f"time/{name}": seconds, "memory/peak_rss_mb": peak_rss_mb()}
             self.stage_seconds[f"iter_{iteration}/{name}"] = seconds
-            mark_complete(stage_dir, config_hash(self.result_config), inputs,
-                          extra={"metrics": result.metrics, "artifacts": _encode(result.outputs, stage_dir)})
+            mark_complete(stage_dir, extra={"fingerprint": fingerprint, "metrics": result.metrics,
+                                            "artifacts": self._encode(result.outputs, stage_dir)})
             self.logger.log(iteration, name, result.metrics)
+        self.logged.add((iteration, name))
         ctx.outputs[name] = result.outputs
+        ctx.digests[name] = outputs_digest(stage_dir)
         if "model" in result.outputs:
             ctx.models.append(result.outputs["model"])
+            self.model_digests[result.outputs["model"].name] = ctx.digests[name]
         return result
+
+    def _encode(self, outputs: dict, stage_dir: Path) -> dict:
+        """A stage's outputs as JSON: files relative to the stage folder, models' paths relative to the run."""
+        return {k: {"model": self.folder.portable(v)} if isinstance(v, ModelRef) else {"file": str(Path(v).relative_to(stage_dir))}
+                for k, v in outputs.items()}
+
+    def _decode(self, encoded: dict, stage_dir: Path) -> dict:
+        return {k: self.folder.model(v["model"]) if "model" in v else stage_dir / v["file"] for k, v in encoded.items()}
+
+
+def _logged_stages(metrics_path: Path) -> set[tuple[int, str]]:
+    """The (iteration, stage) records of metrics.jsonl; a last line torn by a kill is dropped."""
+    if not metrics_path.is_file():
+        return set()
+    lines = metrics_path.read_bytes().splitlines(keepends=True)
+    try:
+        records = [row for _, row in iter_numbered_jsonl(metrics_path)]
+    except DataError:
+        if len(lines) < 1:
+            raise
+        lines = lines[:-1]
+        metrics_path.write_bytes(b"".join(lines))  # whole lines only; the stage's manifest still has its metrics
+        records = [row for _, row in iter_numbered_jsonl(metrics_path)]
+    return {(r["iteration"], r["stage"]) for r in records}
+
+
+def eval_files(cfg: Config, data_dir: Optional[Path]) -> list[Path]:
+    """The local split files the evaluation reads."""
+    if not cfg.eval.enabled or data_dir is None:
+        return []
+    return [data_dir / FOLDERS[t] / f"{cfg.eval.split}.jsonl" for t in cfg.eval.tasks
+            if t in FOLDERS and (data_dir / FOLDERS[t] / f"{cfg.eval.split}.jsonl").is_file()]
 
 
 def run(cfg: Config) -> dict:
     """Run the whole experiment; returns the evaluation scores per model."""
+    preflight.check(cfg)  # optional backends, the model's location, names: before anything is written
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -122,8 +139,8 @@ def run(cfg: Config) -> dict:
     check_shards(len(prompts), cfg.iterations, cfg.data.shard_size)
     sft_examples = load_sft_examples(cfg.data.sft_split, data_dir, cfg.sft.max_examples, cfg.seed) if cfg.sft.enabled else []
 
-    run_ = Run(cfg)
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
+    run_ = Run(cfg, data_identity(prompts, sft_examples, eval_files(cfg, data_dir)))
     ctx = Context(cfg=cfg, pool=ModelPool(cfg.model), device="cuda" if torch.cuda.is_available() else "cpu",
                   logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
     scores: dict[str, dict] = {}
@@ -132,7 +149,7 @@ def run(cfg: Config) -> dict:
         if cfg.eval.enabled:
             metrics = run_.stage(ctx, evaluate, name).metrics
             scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
-            print(score_table(scores))
+            log.info("scores\n%s", score_table(scores))
 
     evaluate_newest("evaluate_m0")
     if cfg.sft.enabled:
@@ -141,7 +158,7 @@ def run(cfg: Config) -> dict:
     else:
         ctx.models.append(ModelRef("m1", m0.base))  # M1 = M0
     for t in range(1, cfg.iterations + 1):
-        ctx.iteration, ctx.outputs = t, {}
+        ctx.iteration, ctx.outputs, ctx.digests = t, {}, {}
         for stage in ITERATION[:-1]:
             run_.stage(ctx, stage)
         evaluate_newest(evaluate.NAME)
@@ -152,7 +169,7 @@ def run(cfg: Config) -> dict:
                           [[m, *s.values()] for m, s in scores.items()])
     run_.logger.summary({"time/stages": run_.stage_seconds, "memory/peak_rss_mb": peak_rss_mb()})
     run_.logger.finish()
-    print(f"[cream] run folder: {run_.dir}")
+    log.info(f"run folder: {run_.dir}")
     return scores
 
 

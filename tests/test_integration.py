@@ -53,7 +53,7 @@ def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
             stage_dir = run_dir / iteration / stage
             assert (stage_dir / "DONE").is_file(), stage_dir
             manifest = json.loads((stage_dir / "manifest.json").read_text())
-            assert manifest["config_hash"] and manifest["outputs"], stage_dir
+            assert manifest["fingerprint"]["config"] and manifest["outputs"], stage_dir
     it1 = run_dir / "iter_1"
     responses = [json.loads(l) for l in (it1 / "sample" / "responses.jsonl").read_text().splitlines()]
     assert len(responses) == 6 and all(len(r["responses"]) == 3 for r in responses)

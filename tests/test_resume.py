@@ -3,6 +3,7 @@
 import json
 import os
 import resource
+import shutil
 import signal
 import subprocess
 import sys
@@ -92,16 +93,150 @@ def test_corrupted_artifact_is_detected(reference_run, tmp_path):
     assert (run_dir / "iter_1" / "train" / "DONE").is_file()
 
 
-def test_resume_false_starts_a_new_folder_and_force_reuses(reference_run, tmp_path):
-    import shutil
-
+def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_what_changed(reference_run, tmp_path):
     shutil.copytree(reference_run, tmp_path / "smoke" / "ref")
+    old_log = (tmp_path / "smoke" / "ref" / "train.log").read_bytes()
     fresh = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=false", "iterations=1")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert (tmp_path / "smoke" / "ref_2" / "iter_1" / "train" / "DONE").is_file()
+    assert b"iter 1 train" in (tmp_path / "smoke" / "ref_2" / "train.log").read_bytes()
+    assert (tmp_path / "smoke" / "ref" / "train.log").read_bytes() == old_log  # nothing appended to the old run's log
     forced = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=force", "dpo.beta=0.3")
     assert forced.returncode == 0, forced.stderr[-2000:]
-    assert forced.stdout.count("complete, reusing") >= 6
+    # beta decides training only: sft, sample, reward, consistency and pairs are reused, train is redone
+    assert forced.stdout.count("complete, reusing") == 5 and "iter 1 train: computed from other settings" in forced.stdout
+    record = json.loads((tmp_path / "smoke" / "ref" / "run.json").read_text())
+    assert record["config"]["dpo"]["beta"] == 0.3 and "dpo.beta: 0.1 -> 0.3" in record["forced"][0]["changes"]
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _pairs_come_from_their_responses(run_dir: Path) -> None:
+    responses = {r["id"]: {x["text"] for x in r["responses"]} for r in _rows(run_dir / "iter_1/sample/responses.jsonl")}
+    for pair in _rows(run_dir / "iter_1/pairs/pairs.jsonl"):
+        assert {pair["chosen"], pair["rejected"]} <= responses[pair["id"]], pair["id"]
+
+
+def test_a_changed_input_invalidates_every_stage_after_it(reference_run, tmp_path):
+    run_dir = tmp_path / "smoke" / "ref"
+    shutil.copytree(reference_run, run_dir)
+    chunk = run_dir / "iter_1/sample/chunks/00000.jsonl"
+    rows = _rows(chunk)
+    rows[0]["samples"][0]["text"] = "An edited response."
+    rows[0]["samples"][0]["ids"] = rows[0]["samples"][0]["ids"][:2]
+    write_jsonl(chunk, rows)
+    (run_dir / "iter_1/sample/DONE").unlink()
+    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for stage in ("reward", "consistency", "pairs", "train"):
+        assert f"iter 1 {stage}: computed from other settings, inputs or data; recomputing" in result.stdout, stage
+    responses = _rows(run_dir / "iter_1/sample/responses.jsonl")
+    assert "An edited response." in {x["text"] for r in responses for x in r["responses"]}
+    rewards = {r["id"]: r for r in _rows(run_dir / "iter_1/reward/rewards.jsonl")}
+    assert all(rewards[r["id"]]["n_tokens"] == [len(x["ids"]) for x in r["responses"]] for r in responses)
+    _pairs_come_from_their_responses(run_dir)
+
+
+def test_a_deleted_stage_recomputed_with_other_settings_invalidates_what_follows(reference_run, tmp_path):
+    run_dir = tmp_path / "smoke" / "ref"
+    shutil.copytree(reference_run, run_dir)
+    shutil.rmtree(run_dir / "iter_1/sample")
+    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=force", "sampling.temperature=0.5")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "iter 0 sft: complete, reusing" in result.stdout and result.stdout.count("complete, reusing") == 1
+    _pairs_come_from_their_responses(run_dir)
+
+
+def test_other_data_is_refused_naming_it(reference_run, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE_DATA, data)
+    rows = _rows(data / "gsm8k/train.jsonl")
+    rows[0]["question"] = "A different question?"
+    write_jsonl(data / "gsm8k/train.jsonl", rows)
+    shutil.copytree(reference_run, tmp_path / "smoke" / "ref")
+    result = cli(*[a for a in ARGS if not a.startswith("paths.data")], f"paths.data={data}",
+                 f"paths.runs={tmp_path}", "run_name=ref")
+    assert result.returncode == 2 and "data prompts differ" in result.stderr, result.stderr[-2000:]
+
+
+def test_a_sample_chunk_of_other_prompts_is_sampled_again(tiny_model_dir, tmp_path):
+    from cream.config import SamplingConfig
+    from cream.generation import generate
+    from cream.model_pool import ModelPool
+    from cream.models import ModelRef, load_tokenizer
+    from tests.conftest import stage_context
+
+    tokenizer, m1 = load_tokenizer(str(tiny_model_dir)), ModelRef("m1", str(tiny_model_dir))
+    cfg = SamplingConfig(n=2, max_new_tokens=4, batch_size=4)
+    pool = ModelPool(stage_context(tmp_path, [m1]).cfg.model)
+    first = generate(pool, m1, tokenizer, [[1, 2, 3], [4, 5]], cfg, cfg, 0, tmp_path / "chunks", "t", 128)
+    again = generate(pool, m1, tokenizer, [[1, 2, 3], [4, 5]], cfg, cfg, 0, tmp_path / "chunks", "t", 128)
+    assert again == first  # the chunk is reused: same prompts
+    generate(pool, m1, tokenizer, [[7, 8, 9], [4, 5]], cfg, cfg, 0, tmp_path / "chunks", "t", 128)
+    # the chunk was sampled again for the prompts it now holds, not reused for others
+    assert [row["prompt_ids"] for row in _rows(tmp_path / "chunks/00000.jsonl")] == [[4, 5], [7, 8, 9]]
+
+
+def test_force_after_a_kill_mid_sampling_resamples_with_the_new_settings(tmp_path):
+    _kill_when(tmp_path, "crash", "iter_1/sample/chunks/00001.jsonl")
+    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=crash", "resume=force", "sampling.n=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "smoke" / "crash"
+    assert {len(r["responses"]) for r in _rows(run_dir / "iter_1/sample/responses.jsonl")} == {4}
+    assert json.loads((run_dir / "run.json").read_text())["forced"][0]["changes"] == ["sampling.n: 3 -> 4"]
+
+
+def test_a_moved_run_folder_resumes_on_its_own(reference_run, tmp_path):
+    moved = tmp_path / "elsewhere" / "smoke" / "ref"
+    shutil.copytree(reference_run, tmp_path / "first" / "smoke" / "ref")
+    shutil.move(tmp_path / "first" / "smoke" / "ref", moved)
+    shutil.rmtree(moved / "iter_1/train")  # training must find SFT's adapter in the moved folder
+    result = cli(*ARGS, f"paths.runs={tmp_path / 'elsewhere'}", "run_name=ref")
+    assert result.returncode == 0, result.stderr[-2000:]
+    for manifest in moved.rglob("*.json"):
+        assert str(tmp_path / "first") not in manifest.read_text() and str(reference_run) not in manifest.read_text()
+
+
+def test_metrics_lost_to_a_kill_are_restored_and_a_torn_line_dropped(reference_run, tmp_path):
+    run_dir = tmp_path / "smoke" / "ref"
+    shutil.copytree(reference_run, run_dir)
+    metrics = run_dir / "metrics.jsonl"
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:-1]) + "\n" + lines[-1][:20])  # the train record torn by a kill
+    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref")
+    assert result.returncode == 0, result.stderr[-2000:]
+    records = _rows(metrics)
+    assert sorted((r["iteration"], r["stage"]) for r in records) == sorted(
+        [(0, "sft"), (1, "sample"), (1, "reward"), (1, "consistency"), (1, "pairs"), (1, "train")])
+
+
+def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(reference_run, tmp_path):
+    import fcntl
+
+    run_dir = tmp_path / "smoke" / "ref"
+    shutil.copytree(reference_run, run_dir)
+    with open(run_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        lock.write("4242")
+        lock.flush()
+        result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref")
+    assert result.returncode == 2 and "in use by process 4242" in result.stderr, result.stderr[-2000:]
+    assert len(_rows(run_dir / "metrics.jsonl")) == 6  # nothing logged twice
+
+
+def test_artifacts_are_strict_json_with_the_usual_file_mode(tmp_path):
+    from cream.artifacts import write_json
+
+    write_json(tmp_path / "m.json", {"consistency/mean": float("nan"), "x": [1.0, float("inf")]})
+    assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"consistency/mean": None,
+                                                                                        "x": [1.0, None]}
+    write_jsonl(tmp_path / "r.jsonl", [{"a": float("-inf")}])
+    assert (tmp_path / "r.jsonl").read_text() == '{"a": null}\n'
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == 0o666 & ~umask
 
 
 def _write_with_file_size_limit(path: Path, limit: int) -> None:

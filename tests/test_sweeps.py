@@ -105,3 +105,17 @@ def test_slurm_launcher_keys_are_the_plugins():
     plugin = pytest.importorskip("hydra_plugins.hydra_submitit_launcher.config")
     launcher = OmegaConf.load(CONF / "hydra" / "launcher" / "submitit_slurm.yaml")
     assert set(launcher) <= {f.name for f in dataclasses.fields(plugin.SlurmQueueConf)}
+
+
+def test_a_local_multirun_runs_every_point_into_its_own_run_folder(tmp_path):
+    """The README's local grid, on two points of the tiny model: each job its own run folder, with its log."""
+    from tests.conftest import FIXTURE_DATA
+    from tests.test_integration import cli
+
+    result = cli("-m", "experiment=smoke", "sft.enabled=false", "rewarder=likelihood", "eval.enabled=false",
+                 "logger.mode=disabled", f"paths.data={FIXTURE_DATA}", f"paths.runs={tmp_path}", "seed=0,1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = sorted(p for p in (tmp_path / "smoke").iterdir() if (p / "run.json").is_file())
+    assert [yaml.safe_load((p / "run.json").read_text())["config"]["seed"] for p in runs] == [0, 1]
+    for run in runs:
+        assert (run / "iter_1" / "train" / "DONE").is_file() and (run / "train.log").is_file()

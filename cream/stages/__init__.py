@@ -2,11 +2,13 @@
 
 A stage module exports
 - `NAME`: its folder in the run (`runs/<experiment>/<run_name>/iter_<k>/<NAME>/`);
-- `READS`: the stages of the same iteration whose outputs it reads (their files are its manifest's inputs);
+- `READS`: the stages of the same iteration whose outputs it reads;
+- `CONFIG`: the configuration keys its result depends on (sections, or dotted keys);
 - `run(ctx, stage_dir) -> StageResult`: the work, writing its artifacts into `stage_dir`.
 
-`cream.loop` runs them in order, skips a stage already complete, and hands each one the outputs of
-the earlier ones through the `Context`. No stage imports another.
+`cream.loop` runs them in order and hands each one the outputs of the earlier ones through the
+`Context`. A stage already complete is reused only while its `CONFIG` settings, the outputs of its
+`READS` stages, the models so far and the data are those it was computed from. No stage imports another.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ class Context:
     models: list[ModelRef]  # models[k] is M_k: M0, M1 (after SFT), ..., the newest last
     iteration: int = 0
     outputs: dict[str, dict[str, Output]] = field(default_factory=dict)  # this iteration's, by stage name
+    digests: dict[str, str] = field(default_factory=dict)  # the identity of those outputs, by stage name
 
     @property
     def policy(self) -> ModelRef:

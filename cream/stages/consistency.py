@@ -17,6 +17,7 @@ from cream.stages import Context, StageResult
 
 NAME = "consistency"
 READS = ("reward",)
+CONFIG = ("regularizer",)
 CONSISTENCY = "consistency.jsonl"
 
 

@@ -11,6 +11,7 @@ from cream.stages import Context, StageResult
 
 NAME = "evaluate"
 READS: tuple[str, ...] = ()
+CONFIG = ("eval", "model", "seed")
 WRONG_ANSWERS_LOGGED = 20
 
 

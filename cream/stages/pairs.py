@@ -14,6 +14,7 @@ from cream.stages import Context, StageResult
 
 NAME = "pairs"
 READS = ("sample", "reward", "consistency")
+CONFIG: tuple[str, ...] = ()  # its C comes from the consistency stage
 PAIRS = "pairs.jsonl"
 TABLE_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency",
                  "chosen_correct", "rejected_correct")

