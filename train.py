@@ -1,12 +1,20 @@
 """Run an experiment: `python train.py` (the default, cream_smollm) or `python train.py experiment=smoke`."""
 
+import os
 import sys
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from cream.config import load_config
 from cream.errors import CreamError
+
+
+def fail(message: str, code: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
@@ -16,9 +24,28 @@ def main(cfg: DictConfig) -> None:
     try:
         run(load_config(cfg))
     except CreamError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        fail(str(e))
+    except OSError as e:  # a read-only folder, a full disk
+        path = e.filename2 or e.filename  # a rename's target
+        fail(f"{path}: {e.strerror}" if path else str(e))
+    except KeyboardInterrupt:
+        print(file=sys.stderr)  # a line of its own, after any progress bar cut short
+        fail(f"interrupted; rerun the same command with run_name={cfg.run_name} to resume", 130)
 
 
 if __name__ == "__main__":
-    main()
+    # Hydra then raises its errors (an unknown key or option, a bad value, a run folder it cannot create)
+    # instead of printing them with a traceback and exiting 1; they are reported here, exit code 2.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
+    try:
+        main()
+    except (HydraException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e.__cause__, OmegaConfBaseException) else ""
+        fail("\n".join(str(m) for m in (e, cause) if m))
+    except Exception as e:  # Hydra could not create the run folder, or open its log there
+        error = e if isinstance(e, OSError) else e.__cause__
+        if not isinstance(error, OSError):
+            raise
+        fail(f"{error.filename}: {error.strerror} (the run folder, under config key `paths.runs`)")
+    except KeyboardInterrupt:
+        fail("interrupted before the run started", 130)

@@ -87,6 +87,12 @@ class LoggerMode(str, Enum):
     disabled = "disabled"
 
 
+# transformers' SchedulerType values (tests/test_config_checks.py keeps the two equal): written out, since
+# importing transformers here would cost seconds to every process that reads a config, launched trainers too.
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup", "inverse_sqrt",
+              "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy")
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config key `{key}`: {message}")
@@ -278,11 +284,8 @@ class TrainingConfig:
         _require(self.batch_size > 0, f"{g}.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.grad_accum > 0, f"{g}.grad_accum", f"must be > 0, got {self.grad_accum}")
         _require(0 <= self.warmup_ratio < 1, f"{g}.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
-        from transformers.trainer_utils import SchedulerType  # lazily: the names transformers' Trainer accepts
-
-        names = [s.value for s in SchedulerType]
-        _require(self.scheduler in names, f"{g}.scheduler",
-                 f"expected one of {', '.join(names)}, got {self.scheduler!r}")
+        _require(self.scheduler in SCHEDULERS, f"{g}.scheduler",
+                 f"expected one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
         if self.lora is not None:
             self.lora.check(f"{g}.lora")
         _require(self.num_processes is None or self.num_processes >= 1, f"{g}.num_processes",

@@ -24,8 +24,9 @@ from pathlib import Path
 
 from cream.artifacts import read_jsonl, write_json, write_jsonl
 from cream.config import EvalConfig, EvalProtocol
-from cream.errors import ConfigError
+from cream.errors import ConfigError, ModelError
 from cream.lm_eval_tasks import KNOWN_TASKS, LmTask, check_data, lm_tasks, render_task
+from cream.models import require_safetensors
 
 
 def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int,
@@ -38,20 +39,31 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
     from cream.vllm_sampling import lora_rank_capacity, release_engine
 
     release_engine()  # a sampling engine of this process would hold the GPUs lm-eval's model needs
+    # Safetensors only, as everywhere in cream: pickle weights can run code when loaded.
+    require_safetensors(model_dir)
+    if adapter_dir is not None:
+        require_safetensors(adapter_dir, "adapter folder")
     args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "vllm":
-        args["tensor_parallel_size"] = tensor_parallel_size
+        args |= {"tensor_parallel_size": tensor_parallel_size, "load_format": "safetensors"}
         if adapter_dir is not None:
             args |= {"lora_local_path": str(adapter_dir), "max_lora_rank": lora_rank_capacity(adapter_dir)}
-        return get_model("vllm").create_from_arg_obj(args, {"batch_size": batch_size})
-    if adapter_dir is not None:
-        args["peft"] = str(adapter_dir)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    if backend == "torch":
-        from cream.lm_eval_decoder import DecoderLM
+        model, extra = get_model("vllm"), {"batch_size": batch_size}
+    else:
+        args["use_safetensors"] = True  # passed on to `from_pretrained` (a hub id is not checked above)
+        if adapter_dir is not None:
+            args["peft"] = str(adapter_dir)
+        if backend == "torch":
+            from cream.lm_eval_decoder import DecoderLM
 
-        return DecoderLM.create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
-    return get_model("hf").create_from_arg_obj(args, {"batch_size": batch_size, "device": device})
+            model = DecoderLM
+        else:
+            model = get_model("hf")
+        extra = {"batch_size": batch_size, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+    try:
+        return model.create_from_arg_obj(args, extra)
+    except OSError as e:  # no weights, no config, an unreachable hub id
+        raise ModelError(f"cannot load model {model_dir}: {' '.join(str(e).split())}") from None
 
 
 def _prediction(task: str, lm_task: LmTask, sample: dict) -> dict:

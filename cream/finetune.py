@@ -6,11 +6,12 @@ Both train in the loop's process, or in every process of `accelerate launch` (cr
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Optional
 
 from cream.config import ModelConfig, TrainingConfig
-from cream.models import ModelRef, load_base_model
+from cream.models import ModelRef, load_base_model, require_safetensors
 
 
 def lora_adapter_config(cfg: TrainingConfig):
@@ -28,11 +29,14 @@ def load_trainable(policy: ModelRef, model_cfg: ModelConfig, cfg: TrainingConfig
         return model, (lora_adapter_config(cfg) if cfg.lora is not None else None)
     from peft import PeftModel
 
+    require_safetensors(policy.adapter, "adapter folder")
     return PeftModel.from_pretrained(model, policy.adapter, adapter_name="default", is_trainable=True), None
 
 
-def save_policy(trainer, out_dir: Path) -> None:
-    """Save M_{t+1}: only the trained adapter (not TRL's frozen "ref" copy), or the full model.
+def save_policy(trainer, out_dir: Path, tokenizer=None) -> None:
+    """Save M_{t+1}: only the trained adapter (not TRL's frozen "ref" copy), or the full model (with
+    `tokenizer`). Written into a temporary sibling folder renamed into place, so a kill mid-save never
+    leaves a partial folder under `out_dir`'s name; a folder already there is replaced.
 
     Called by every training process: under ZeRO-3 or FSDP each holds a shard, and gathering the full
     weights takes all of them; the main process writes.
@@ -40,11 +44,18 @@ def save_policy(trainer, out_dir: Path) -> None:
     accelerator = trainer.accelerator
     state_dict = accelerator.get_state_dict(trainer.model_wrapped)  # the DeepSpeed engine under ZeRO-3
     if accelerator.is_main_process:
+        out_dir = Path(out_dir)
+        tmp = out_dir.with_name(out_dir.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
         model = accelerator.unwrap_model(trainer.model)
         if hasattr(model, "peft_config"):
-            model.save_pretrained(out_dir, selected_adapters=["default"], state_dict=state_dict)
+            model.save_pretrained(tmp, selected_adapters=["default"], state_dict=state_dict)
         else:
-            model.save_pretrained(out_dir, state_dict=state_dict, safe_serialization=True)
+            model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        tmp.rename(out_dir)
     accelerator.wait_for_everyone()
 
 

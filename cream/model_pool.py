@@ -15,7 +15,7 @@ import torch
 
 from cream.config import ModelConfig
 from cream.errors import ModelError
-from cream.models import ModelRef, load_base_model
+from cream.models import ModelRef, load_base_model, require_safetensors
 
 
 class ModelPool:
@@ -52,6 +52,7 @@ class ModelPool:
         if name is not None:
             if not (Path(key) / "adapter_config.json").is_file():
                 raise ModelError(f"adapter folder {key} has no adapter_config.json (model {ref.name})")
+            require_safetensors(key, f"adapter folder (model {ref.name})")
             if not self._adapters:
                 self._model = PeftModel.from_pretrained(self._model, key, adapter_name=name, is_trainable=False)
             else:

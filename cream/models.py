@@ -117,13 +117,47 @@ def resolve_model_dir(model_cfg: ModelConfig, cache_dir: Path) -> str:
         return str(convert_embedded(cache_dir, model_cfg.path or EMBEDDED_GGUF))
     if model_cfg.source == ModelSource.tiny:
         return str(build_tiny_model(cache_dir))
-    if not model_cfg.path:
+    return locate(model_cfg.path)
+
+
+def locate(path_value: str) -> str:
+    """The local model folder or hub id that `model.path` names, checked (nothing but config.json is fetched)."""
+    if not path_value:
         raise ModelError("config key `model.path` is empty: set a hub id or a model folder")
-    path = Path(model_cfg.path).expanduser()
-    looks_local = model_cfg.path.startswith((".", "/", "~")) or path.exists()
-    if looks_local and not (path / "config.json").is_file():
-        raise ModelError(f"model folder {path} not found or has no config.json (config key `model.path`)")
-    return str(path) if looks_local else model_cfg.path
+    path = Path(path_value).expanduser()
+    if path_value.startswith((".", "/", "~")) or path.exists():
+        if not (path / "config.json").is_file():
+            raise ModelError(f"model folder {path} not found or has no config.json (config key `model.path`)")
+        require_safetensors(path)
+        return str(path)
+    check_hub_model(path_value)
+    return path_value
+
+
+def check_hub_model(repo_id: str) -> None:
+    """Fail before any stage when a hub model can be neither reached nor found in the local hub cache."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        hf_hub_download(repo_id, "config.json")  # a small file: the weights come when a stage loads them
+    except LocalEntryNotFoundError:
+        why = "the hub is offline (HF_HUB_OFFLINE)" if constants.HF_HUB_OFFLINE else "the hub cannot be reached"
+        raise ModelError(f"config key `model.path`: hub model {repo_id} is not in the local hub cache and {why}; "
+                         "download it first, or set model.path to a local model folder") from None
+    except (OSError, ValueError) as e:  # unknown or gated repository, HTTP errors, a malformed id
+        reason = " ".join(str(e).split())
+        raise ModelError(f"cannot fetch hub model {repo_id} (config key `model.path`): {reason}") from None
+
+
+def require_safetensors(folder: Path | str, what: str = "model folder") -> None:
+    """Refuse a local model or adapter folder without safetensors weights: pickle weights (.bin, .pt) can run code when loaded."""
+    folder = Path(folder)
+    if folder.is_dir() and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        found = f" (it holds {', '.join(pickles)})" if pickles else ""
+        raise ModelError(f"{what} {folder} has no .safetensors weights{found}: cream loads safetensors only; "
+                         f"convert it with `save_pretrained(..., safe_serialization=True)`")
 
 
 def load_tokenizer(model_dir: str):
@@ -140,6 +174,7 @@ def load_base_model(model_dir: str, model_cfg: ModelConfig):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
+    require_safetensors(model_dir)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             model_dir,

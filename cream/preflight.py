@@ -10,7 +10,6 @@ sets and evaluation tasks. Nothing is downloaded, imported heavily or written. E
 from __future__ import annotations
 
 import importlib.util
-import os
 from pathlib import Path
 
 from cream.config import Config, ModelConfig, ModelSource, SamplingBackend, accelerate_config_file
@@ -51,14 +50,6 @@ def check_backends(cfg: Config) -> None:
                               f"{_GPU_EXTRA} (or {key}=fsdp)")
 
 
-def _hub_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) as huggingface_hub reads it, from the environment as it is now."""
-    from huggingface_hub.constants import ENV_VARS_TRUE_VALUES
-
-    return any(os.environ.get(name, "").upper() in ENV_VARS_TRUE_VALUES
-               for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
-
-
 def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:
     """The model's weights can be found: nothing is loaded, converted or downloaded."""
     if model_cfg.source == ModelSource.embedded:
@@ -75,25 +66,9 @@ def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:
         return
     if model_cfg.source != ModelSource.hub:  # tiny: built locally
         return
-    if not model_cfg.path:
-        raise ModelError("config key `model.path` is empty: set a hub id or a model folder (model.source=hub)")
-    path = Path(model_cfg.path).expanduser()
-    if model_cfg.path.startswith((".", "/", "~")) or path.exists():  # a local folder, as cream.models reads it
-        if not (path / "config.json").is_file():
-            raise ModelError(f"model folder {path} not found or has no config.json (config key `model.path`)")
-        return
-    if _hub_offline():
-        from huggingface_hub import try_to_load_from_cache
+    from cream.models import locate
 
-        try:
-            cached = try_to_load_from_cache(model_cfg.path, "config.json")
-        except ValueError as e:  # a malformed repository id (HFValidationError)
-            raise ModelError(f"config key `model.path`: {model_cfg.path!r} is neither a model folder nor a "
-                             f"valid hub id: {e}") from None
-        if not isinstance(cached, str):  # None (not cached) or the "cached as missing" marker
-            raise ModelError(f"config key `model.path`: the hub is offline (HF_HUB_OFFLINE) and {model_cfg.path} "
-                             "is not in the local hub cache; download it first, unset HF_HUB_OFFLINE, or set "
-                             "model.path to a local model folder")
+    locate(model_cfg.path)
 
 
 def check_names(cfg: Config) -> None:

@@ -73,7 +73,7 @@ def _engine_for(model_ref: ModelRef, seed: int, max_length: int, dtype: str, ten
 
     lora = {"enable_lora": True, "max_lora_rank": rank} if rank is not None else {"enable_lora": False}
     llm = LLM(model=model_ref.base, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
-              max_model_len=max_length, **lora)
+              max_model_len=max_length, load_format="safetensors", **lora)
     _engine = _Engine(key, rank, llm)
     return _engine
 
