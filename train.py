@@ -1,4 +1,5 @@
-"""Run an experiment: `python train.py` (the default, cream_smollm) or `python train.py experiment=smoke`."""
+"""Run an experiment: `python train.py` (the default, cream_smollm), `python train.py +experiment=smoke` or
+`python train.py experiment=smoke` (the same)."""
 
 import os
 import sys
@@ -33,7 +34,14 @@ def main(cfg: DictConfig) -> None:
         fail(f"interrupted; rerun the same command with run_name={cfg.run_name} to resume", 130)
 
 
+def experiment_as_override(argv: list[str]) -> list[str]:
+    """`+experiment=NAME` (the form of Hydra's docs for experiment presets) as `experiment=NAME`: the defaults
+    list already holds the group (the default experiment), which Hydra refuses to add a second time."""
+    return [a.lstrip("+") if a.lstrip("+").startswith("experiment=") else a for a in argv]
+
+
 if __name__ == "__main__":
+    sys.argv = experiment_as_override(sys.argv)
     # Hydra then raises its errors (an unknown key or option, a bad value, a run folder it cannot create)
     # instead of printing them with a traceback and exiting 1; they are reported here, exit code 2.
     os.environ["HYDRA_FULL_ERROR"] = "1"

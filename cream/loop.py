@@ -18,7 +18,7 @@ from typing import Optional
 
 import torch
 
-from cream.artifacts import MANIFEST, is_complete, iter_numbered_jsonl, mark_complete, read_json, verify_outputs
+from cream.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
 from cream import preflight
 from cream.config import Config
 from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir
@@ -56,7 +56,8 @@ class Run:
         return {
             "config": digest(select(self.folder.config, stage.CONFIG)),
             "inputs": {s: ctx.digests[s] for s in stage.READS},
-            "models": [self.model_digests.get(m.name, digest(m.as_dict())) for m in ctx.models],
+            # a model no stage produced (M0) is what the `model` settings say
+            "models": [self.model_digests.get(m.name, m.name) for m in ctx.models],
             "data": self.data_digest,
         }
 
@@ -107,15 +108,11 @@ def _logged_stages(metrics_path: Path) -> set[tuple[int, str]]:
     """The (iteration, stage) records of metrics.jsonl; a last line torn by a kill is dropped."""
     if not metrics_path.is_file():
         return set()
-    lines = metrics_path.read_bytes().splitlines(keepends=True)
     try:
-        records = [row for _, row in iter_numbered_jsonl(metrics_path)]
-    except DataError:
-        if len(lines) < 1:
-            raise
-        lines = lines[:-1]
-        metrics_path.write_bytes(b"".join(lines))  # whole lines only; the stage's manifest still has its metrics
-        records = [row for _, row in iter_numbered_jsonl(metrics_path)]
+        records = list(iter_jsonl(metrics_path))
+    except DataError:  # a kill tears the last line only: other damage is still reported, naming the line
+        metrics_path.write_bytes(b"".join(metrics_path.read_bytes().splitlines(keepends=True)[:-1]))
+        records = list(iter_jsonl(metrics_path))
     return {(r["iteration"], r["stage"]) for r in records}
 
 

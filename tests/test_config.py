@@ -129,3 +129,25 @@ def test_the_default_run_name_is_resolved_once():
 @pytest.mark.parametrize("value, expected", [("false", "false"), ("auto", "auto"), ("force", "force")])
 def test_resume_from_the_command_line(value, expected):
     assert _load([f"resume={value}"]).resume == expected
+
+
+@pytest.mark.parametrize(
+    "command, experiment",
+    [
+        (["+experiment=cream_llama"], "cream_llama"),  # the design's form, Hydra's docs' form for presets
+        (["experiment=cream_llama"], "cream_llama"),  # the form of the sweep specs (wandb agent's overrides)
+        ([], "cream_smollm"),  # `python train.py` alone: the default experiment
+    ],
+)
+def test_the_three_command_lines_run_the_intended_preset(command, experiment):
+    import subprocess
+    import sys
+
+    import yaml
+
+    result = subprocess.run([sys.executable, str(CONF.parent / "train.py"), *command, "--cfg", "job", "--resolve"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    composed = yaml.safe_load(result.stdout)
+    assert composed["experiment_name"] == experiment
+    assert composed["model"]["name"] == ("llama3_8b" if experiment == "cream_llama" else "smollm2_135m")
