@@ -7,6 +7,9 @@ searched recursively. A run's method is its `experiment_name` (else its folder's
 of one method that differ in a setting other than the seed (a sweep under one experiment) get that
 setting appended to the method name, so only seeds are ever averaged: mean line, min-max band.
 Writes benchmarks.png, consistency.png, reward_accuracy.png, pairs.png and summary.md into DIR.
+Benchmark points carry error bars (+-1 standard error, `eval/<task>_stderr`, the mean over seeds),
+and each pair of methods whose last models were scored on the same items gets paired bootstrap
+differences per benchmark and on the average (`cream.stats.paired_bootstrap`) in summary.md.
 
 W&B exports: CSV files with columns `experiment_name`, `iteration`, `stage` and one column per
 metric (an optional `seed` column separates runs), i.e. metrics.jsonl as a table.
@@ -29,6 +32,7 @@ from urllib.parse import urlparse
 
 from cream.artifacts import read_json, read_jsonl
 from cream.errors import CreamError, DataError
+from cream.stats import paired_bootstrap
 
 RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
 BENCHMARKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
@@ -36,6 +40,8 @@ BENCHMARKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truth
 NOT_METHOD_KEYS = {"seed", "experiment_name", "experiment", "run_name", "resume", "threads", "paths", "logger"}
 ID_COLUMNS = {None, "", "experiment_name", "seed", "stage"}  # CSV columns that name a record, not a metric
 FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs")
+STDERR = "_stderr"  # eval/<task>_stderr: the standard error of eval/<task>
+RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
 
 
 @dataclass
@@ -166,6 +172,11 @@ def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], me
             xs = [x for x, _ in points]
             xs_all.update(xs)
             legend[label], = ax.plot(xs, [mean(v) for _, v in points], marker="o", color=f"C{color}")
+            errors = [(x, mean(v[key]), mean(v[key + STDERR])) for x, v in collected[table].items()
+                      if v.get(key) and v.get(key + STDERR)]
+            if errors:  # +-1 standard error of the score (mean over seeds), where the runs logged it
+                ax.errorbar([x for x, _, _ in errors], [m for _, m, _ in errors], yerr=[e for _, _, e in errors],
+                            fmt="none", ecolor=f"C{color}", capsize=3)
             ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{color}", alpha=0.2)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
@@ -182,7 +193,8 @@ def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], me
 
 
 def _benchmark_panels(methods: dict) -> list[tuple[str, str]]:
-    logged = {k[len("eval/"):] for c in methods.values() for v in c["models"].values() for k in v} - {"average"}
+    logged = {k[len("eval/"):] for c in methods.values() for v in c["models"].values() for k in v
+              if not k.endswith(STDERR)} - {"average"}
     tasks = [b for b in BENCHMARKS if b in logged] + sorted(logged - set(BENCHMARKS))
     return [(f"eval/{t}", t) for t in tasks or BENCHMARKS] + [("eval/average", "average")]
 
@@ -199,6 +211,12 @@ def _cell(values: Optional[list[float]], fmt: str) -> str:
     return format(mean(values), fmt) if values else "–"
 
 
+def _score_cell(scores: dict[str, list[float]], task: str) -> str:
+    """The mean score, with +- its standard error (mean over the runs) where the runs logged one."""
+    cell, stderr = _cell(scores.get(f"eval/{task}"), ".1f"), scores.get(f"eval/{task}{STDERR}")
+    return f"{cell} ± {mean(stderr):.1f}" if stderr and cell != "–" else cell
+
+
 def _table(methods: dict) -> str:
     """Markdown: a row per method and model M_k; M_k (k >= 2) was trained at iteration k-1, whose
     consistency, reward accuracy and pairs are shown beside its scores."""
@@ -210,11 +228,72 @@ def _table(methods: dict) -> str:
         for k in indices:
             scores = c["models"].get(k, {})
             diag = c["iterations"].get(k - 1, {}) if k >= 2 else {}
-            cells = [label, f"M{k}", str(len(c["runs"])), *(_cell(scores.get(f"eval/{t}"), ".1f") for t in tasks),
+            cells = [label, f"M{k}", str(len(c["runs"])), *(_score_cell(scores, t) for t in tasks),
                      str(k - 1) if k >= 2 else "–", _cell(diag.get("consistency/mean"), ".3f"),
                      _cell(diag.get("reward_accuracy/chosen_correct"), ".3f"), _cell(diag.get("pairs/kept"), ".1f")]
             lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _eval_dir(run_dir: Path, k: int) -> Path:
+    """The evaluate stage folder of model M_k (README, "The run folder")."""
+    return run_dir / "iter_0" / "evaluate_m0" if k == 0 else run_dir / f"iter_{max(k - 1, 0)}" / "evaluate"
+
+
+def item_scores(eval_dir: Path) -> Optional[dict[str, dict[str, float]]]:
+    """{benchmark: {item id: score}} of the lm-eval task that scores each benchmark, from the folder's
+    predictions.jsonl and eval.json; None when either is missing."""
+    from cream.config import EvalProtocol
+    from cream.lm_eval_tasks import lm_tasks
+
+    if not (eval_dir / "predictions.jsonl").is_file() or not (eval_dir / "eval.json").is_file():
+        return None
+    report = read_json(eval_dir / "eval.json")
+    protocol, hub = EvalProtocol(report["protocol"]), report.get("data") == "hub"
+    scored = {t.name for task in report["scores"] if task != "average" for t in lm_tasks(task, protocol, hub) if t.scored}
+    out: dict[str, dict[str, float]] = defaultdict(dict)
+    for row in read_jsonl(eval_dir / "predictions.jsonl"):
+        if row["lm_eval_task"] in scored:
+            out[row["task"]][row["id"]] = float(row["score"])
+    return dict(out)
+
+
+def _method_items(runs: list[Run], k: int) -> Optional[dict[str, dict[str, float]]]:
+    """Per-item scores of M_k averaged over the method's runs (seeds), when every run has them on the same items."""
+    found = [item_scores(_eval_dir(Path(run.source), k)) for run in runs if Path(run.source).is_dir()]
+    if not found or any(f is None for f in found) or len(found) != len(runs):
+        return None
+    if any({t: set(f[t]) for t in f} != {t: set(found[0][t]) for t in found[0]} for f in found):
+        return None
+    return {t: {i: mean(f[t][i] for f in found) for i in found[0][t]} for t in found[0]}
+
+
+def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
+    """Markdown lines: for each pair of methods, the paired bootstrap difference of their last models per
+    benchmark and on the average, in points; a difference whose interval contains 0 is within the noise."""
+    last = {}
+    for label in methods:
+        evaluated = sorted(methods[label]["models"])
+        items = _method_items(by_label[label], evaluated[-1]) if evaluated else None
+        if items:
+            last[label] = (evaluated[-1], items)
+    lines = []
+    labels = sorted(last)
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            (ka, ia), (kb, ib) = last[a], last[b]
+            head = f"**{a} (M{ka}) vs {b} (M{kb})**"
+            if {t: set(v) for t, v in ia.items()} != {t: set(v) for t, v in ib.items()}:
+                lines.append(f"- {head}: not evaluated on the same items, no paired difference")
+                continue
+            ids = {t: sorted(ia[t]) for t in ia}
+            diffs = paired_bootstrap({t: [ia[t][x] for x in ids[t]] for t in ids},
+                                     {t: [ib[t][x] for x in ids[t]] for t in ids}, RESAMPLES, BOOTSTRAP_SEED)
+            items = sum(len(v) for v in ids.values())
+            lines.append(f"- {head}, {items} items:")
+            order = [t for t in BENCHMARKS if t in ids] + sorted(set(ids) - set(BENCHMARKS)) + ["average"]
+            lines += [f"  - {t}: {diffs[t].describe(a, b, scale=100.0)}" for t in order]
+    return lines
 
 
 def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> dict:
@@ -249,10 +328,17 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> d
     runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
     figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
     table = _table(methods)
+    diffs = differences(by_label, methods)
+    paired = ("## Differences on the same items\n\nPaired bootstrap over items (each benchmark's items "
+              f"resampled, {RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), in points, of each method's last "
+              "model; an interval containing 0 is within the noise, not a win.\n\n" + "\n".join(diffs) + "\n\n"
+              if diffs else "")
     (out_dir / "summary.md").write_text(
-        f"# Run comparison\n\nMeans over the runs (seeds) of each method; plots show the min-max band.\n\n"
-        f"{runs_list}\n{table}\n{figures}", encoding="utf-8")
+        f"# Run comparison\n\nMeans over the runs (seeds) of each method; plots show the min-max band and, "
+        f"on benchmarks, +-1 standard error.\n\n{runs_list}\n{table}\n{paired}{figures}", encoding="utf-8")
     print(table)
+    if diffs:
+        print("\n".join(diffs))
     return {label: {"runs": c["runs"],
                     **{kind: {x: {k: mean(v) for k, v in m.items()} for x, m in c[kind].items()}
                        for kind in ("models", "iterations")}}

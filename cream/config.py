@@ -93,6 +93,9 @@ SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constan
               "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay", "greedy")
 
 
+DEVICES = ("auto", "cpu", "cuda")  # the values of the config key `device`
+
+
 def _require(condition: bool, key: str, message: str) -> None:
     if not condition:
         raise ConfigError(f"config key `{key}`: {message}")
@@ -385,6 +388,7 @@ class Config:
     seed: int = 0
     iterations: int = 2
     threads: Optional[int] = None  # torch threads; null = torch's default
+    device: str = "auto"  # auto (cuda when a GPU is visible, else cpu) | cpu | cuda: where every stage runs
     paths: PathsConfig = field(default_factory=PathsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -402,6 +406,8 @@ class Config:
         _require(self.seed >= 0, "seed", f"must be >= 0, got {self.seed}")
         _require(self.iterations >= 1, "iterations", f"must be >= 1, got {self.iterations}")
         _require(self.threads is None or self.threads >= 1, "threads", f"must be >= 1 or null, got {self.threads}")
+        self.device = str(self.device).lower()
+        _require(self.device in DEVICES, "device", f"expected {', '.join(DEVICES)}, got {self.device!r}")
         # the command line reads `resume=false` as a boolean, which arrives here as "False"
         self.resume = {"true": "auto"}.get(str(self.resume).lower(), str(self.resume).lower())
         _require(self.resume in [m.value for m in ResumeMode], "resume",

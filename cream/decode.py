@@ -5,8 +5,9 @@ grows by concatenation, SDPA's flash kernel at query length 1, logits processors
 decoding after their end of turn) costs several times the matmuls themselves (BENCHMARKS.md).
 Here the weights of the active model (LoRA merged in) are copied once in the sampling dtype with
 q/k/v and gate/up fused; each prompt is encoded once and its KV cache repeated for its n samples;
-the cache is preallocated; finished rows leave the batch. Top-p is exact: candidates come from a
-top-k, and rows whose top-k holds less than `top_p` of the mass fall back to a full sort.
+the cache is preallocated; finished rows leave the batch; every tensor, the tokens included, stays
+on the model's device until the end. Top-p is exact: candidates come from a top-k, and rows whose
+top-k holds less than `top_p` of the mass fall back to a full sort.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from cream.errors import ConfigError
 
 SUPPORTED = ("llama",)  # decoder layout implemented below (Llama 2/3, SmolLM2)
 CANDIDATES = (64, 1024, 1 << 62)  # top-k tried in turn for the nucleus; the last means all
+GREEDY_CHECK = 8  # greedy decoding: steps between the host's looks for finished rows
 
 
 def _effective_weight(module: torch.nn.Module, dtype: torch.dtype) -> torch.Tensor:
@@ -62,6 +64,7 @@ class Decoder:
             raise ConfigError("config key `sampling.backend`: the torch decoder has no projection biases; set sampling.backend=hf")
         inner = lm.model
         self.dtype = dtype
+        self.device = inner.embed_tokens.weight.device  # every tensor of `generate` is made here
         self.heads, self.kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.heads
         self.eps = config.rms_norm_eps
@@ -122,45 +125,63 @@ class Decoder:
     @torch.inference_mode()
     def generate(self, prompt_ids: list[list[int]], n: int, max_new_tokens: int, temperature: float, top_p: float,
                  eos_id: int, generator: torch.Generator) -> list[list[int]]:
-        """n continuations of each prompt (prompt-major order), each up to and including `eos_id`."""
+        """n continuations of each prompt (prompt-major order), each up to and including `eos_id`.
+
+        Every tensor lives on the model's device. The step loop writes each step's tokens into a
+        preallocated (rows, max_new_tokens) buffer on the device; the host reads the tokens once, at
+        the end. When sampling, the host reads one number per step (how many rows finished: the
+        batch it drops them from decides which random draw each row gets, so outputs stay those of
+        a given seed); greedy decoding on a GPU draws nothing and looks every `GREEDY_CHECK` steps.
+        """
+        if max_new_tokens <= 0:
+            return [[] for _ in range(len(prompt_ids) * n)]
+        device = self.device
         width = max(len(p) for p in prompt_ids)
         total = width + max_new_tokens
-        pads = torch.tensor([width - len(p) for p in prompt_ids])
-        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompt_ids])  # pads: any id, masked
-        slots = torch.arange(total)
+        pads = torch.tensor([width - len(p) for p in prompt_ids], device=device)
+        ids = torch.tensor([[0] * (width - len(p)) + p for p in prompt_ids], device=device)  # pads: any id, masked
+        slots = torch.arange(total, device=device)
         valid = slots[None, :] >= pads[:, None]  # (prompts, slots): pads are never attended to
         positions = (slots[None, :width] - pads[:, None]).clamp(min=0)
         causal = slots[:, None] >= slots[None, :]
         # a padding query attends to itself only, so its (discarded) softmax is never empty
-        prefill_mask = (causal[None, :width] & valid[:, None]) | torch.eye(width, total, dtype=torch.bool)[None]
+        prefill_mask = (causal[None, :width] & valid[:, None]) | torch.eye(width, total, dtype=torch.bool, device=device)[None]
         # zeros, not empty: attention reads the whole cache (contiguous, no copies) and masks unwritten slots
         shape = (len(prompt_ids), self.kv_heads, total, self.head_dim)
-        cache = [(torch.zeros(shape, dtype=self.dtype), torch.zeros(shape, dtype=self.dtype)) for _ in self.layers]
+        cache = [(torch.zeros(shape, dtype=self.dtype, device=device), torch.zeros(shape, dtype=self.dtype, device=device))
+                 for _ in self.layers]
         logits = self._step(ids, positions, cache, 0, prefill_mask[:, None])
         # one prompt encoding serves its n samples: repeat the cache rows, not the prompt
-        rows = torch.arange(len(prompt_ids)).repeat_interleave(n)
+        rows = torch.arange(len(prompt_ids), device=device).repeat_interleave(n)
         cache = [(k[rows], v[rows]) for k, v in cache]
         logits, valid, pads = logits[rows], valid[rows], pads[rows]
-        alive = torch.arange(len(rows))  # output index of each row in the batch
-        running = torch.ones(len(rows), dtype=torch.bool)  # rows in the batch that have not finished
-        outputs: list[list[int]] = [[] for _ in rows]
+        alive = torch.arange(len(rows), device=device)  # output index of each row in the batch
+        running = torch.ones(len(rows), dtype=torch.bool, device=device)  # rows in the batch that have not finished
+        # eos-filled: a row that leaves the batch (or a batch that stops) after its end of turn reads as ended
+        out = torch.full((len(rows), max_new_tokens), eos_id, dtype=torch.long, device=device)
+        # on a CPU the look costs nothing; on a GPU it waits for the step, so greedy looks every few steps
+        check = 1 if temperature > 0 or device.type == "cpu" else GREEDY_CHECK
         for step in range(max_new_tokens):
             tokens = sample_tokens(logits, temperature, top_p, generator)
-            for row, token, live in zip(alive.tolist(), tokens.tolist(), running.tolist()):
-                if live:
-                    outputs[row].append(token)
+            out[alive, step] = tokens  # a finished row's later tokens come after its eos: cut below
             running &= tokens != eos_id
-            if step == max_new_tokens - 1 or not bool(running.any()):
+            if step == max_new_tokens - 1:
                 break
-            # finished rows leave the batch once they are a quarter of it: each removal copies the cache
-            if 4 * int((~running).sum()) >= len(running):
-                keep = running.nonzero().squeeze(1)
-                cache = [(k[keep], v[keep]) for k, v in cache]
-                alive, tokens, valid, pads, running = alive[keep], tokens[keep], valid[keep], pads[keep], running[keep]
+            if (step + 1) % check == 0:
+                finished = int((~running).sum())  # the host's one look at this step
+                if finished == len(running):
+                    break
+                # finished rows leave the batch once they are a quarter of it: each removal copies the cache
+                if 4 * finished >= len(running):
+                    keep = running.nonzero().squeeze(1)
+                    cache = [(k[keep], v[keep]) for k, v in cache]
+                    alive, tokens, valid, pads, running = alive[keep], tokens[keep], valid[keep], pads[keep], running[keep]
             slot = width + step
             mask = valid & causal[slot]
             logits = self._step(tokens[:, None], (slot - pads)[:, None], cache, slot, mask[:, None, None])
-        return outputs
+        ended = out == eos_id
+        lengths = torch.where(ended.any(1), ended.int().argmax(1) + 1, max_new_tokens)  # through the first eos
+        return [row[:length] for row, length in zip(out.tolist(), lengths.tolist())]
 
 
 def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> torch.Tensor:
@@ -174,12 +195,12 @@ def sample_tokens(logits: torch.Tensor, temperature: float, top_p: float, genera
     if temperature == 0:
         return logits.argmax(-1)
     probs = torch.softmax(logits / temperature, dim=-1)
-    picked = torch.empty(len(probs), dtype=torch.long)
-    pending = torch.arange(len(probs))
+    picked = torch.empty(len(probs), dtype=torch.long, device=probs.device)
+    pending = torch.arange(len(probs), device=probs.device)
     for k in CANDIDATES:
         k = min(k, probs.shape[-1])
         values, indices = probs[pending].topk(k, dim=-1)
-        enough = values.sum(-1) >= top_p if k < probs.shape[-1] else torch.ones(len(pending), dtype=torch.bool)
+        enough = values.sum(-1) >= top_p if k < probs.shape[-1] else torch.ones(len(pending), dtype=torch.bool, device=probs.device)
         if bool(enough.any()):
             chosen = _nucleus_draw(values[enough], top_p, generator)
             picked[pending[enough]] = indices[enough].gather(1, chosen[:, None]).squeeze(1)
@@ -193,6 +214,8 @@ def _nucleus_draw(sorted_probs: torch.Tensor, top_p: float, generator: torch.Gen
     """Index drawn within each row of descending probabilities, from the nucleus renormalised."""
     before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the more likely tokens
     cumulative = sorted_probs.masked_fill(before >= top_p, 0.0).cumsum(-1)
-    threshold = torch.rand(len(sorted_probs), 1, generator=generator) * cumulative[:, -1:]
+    # drawn where the generator lives (a CPU generator gives the same draws whatever the model's device)
+    uniform = torch.rand(len(sorted_probs), 1, generator=generator, device=generator.device)
+    threshold = uniform.to(sorted_probs.device) * cumulative[:, -1:]
     # inverse CDF: the first index whose cumulative mass exceeds the uniform draw
     return torch.searchsorted(cumulative, threshold, right=True).clamp(max=sorted_probs.shape[-1] - 1).squeeze(1)

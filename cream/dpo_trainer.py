@@ -81,7 +81,7 @@ def pairs_dataset(pairs_path: Path):
     return Dataset.from_list([{c: getattr(pair, c) for c in PAIR_COLUMNS} for pair in read_rows(pairs_path, Pair)])
 
 
-def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int) -> TRLDPOConfig:
+def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int, device: str = "cpu") -> TRLDPOConfig:
     steps = math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
     return TRLDPOConfig(
         output_dir=str(output_dir),
@@ -103,7 +103,8 @@ def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int) -> 
         save_total_limit=1,
         report_to=[],
         seed=seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
+        dataloader_pin_memory=False,  # a collator may build device tensors, which cannot be pinned
         dataloader_num_workers=0,
         disable_tqdm=False,
     )

@@ -10,8 +10,8 @@ Two protocols (`eval.protocol`):
   and mc2, score mc2; GSM8K zero-shot generation, score exact match). With no data directory
   (`data_dir=None`, the hub), lm-eval's own tasks.
 
-Local tasks (cream/lm_eval_tasks.py) are rendered into `<out_dir>/lm_eval_tasks/`. Results: `eval.json` (scores in percent, all lm-eval metrics, items and
-seconds) and `predictions.jsonl` (one record per item) in `out_dir`.
+Local tasks (cream/lm_eval_tasks.py) are rendered into `<out_dir>/lm_eval_tasks/`. Results: `eval.json` (scores in percent,
+their standard errors, all lm-eval metrics, items and seconds) and `predictions.jsonl` (one record per item) in `out_dir`.
 """
 
 from __future__ import annotations
@@ -26,14 +26,14 @@ from cream.artifacts import read_jsonl, write_json, write_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.errors import ConfigError, ModelError
 from cream.lm_eval_tasks import KNOWN_TASKS, LmTask, check_data, lm_tasks, render_task
-from cream.models import require_safetensors
+from cream.models import require_safetensors, resolve_device
+from cream.stats import average_stderr, score_stderr
 
 
 def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int,
-             tensor_parallel_size: int):
+             tensor_parallel_size: int, device: str):
     """lm-eval's model, loaded once for every task: HF (adapter via `peft`; generation on cream's decoder
     with backend torch) or vLLM (LoRA, tensor parallel)."""
-    import torch
     from lm_eval.api.registry import get_model
 
     from cream.vllm_sampling import lora_rank_capacity, release_engine
@@ -59,7 +59,7 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
             model = DecoderLM
         else:
             model = get_model("hf")
-        extra = {"batch_size": batch_size, "device": "cuda" if torch.cuda.is_available() else "cpu"}
+        extra = {"batch_size": batch_size, "device": device}
     try:
         return model.create_from_arg_obj(args, extra)
     except OSError as e:  # no weights, no config, an unreachable hub id
@@ -77,7 +77,7 @@ def _prediction(task: str, lm_task: LmTask, sample: dict) -> dict:
         best = max(range(len(lls)), key=lls.__getitem__)
         response = sample["arguments"][best][1].strip()
         extracted, target = chr(ord("A") + best), chr(ord("A") + int(sample["target"]))
-    return {
+    record = {
         "task": task,
         "lm_eval_task": lm_task.name,
         "id": str(doc.get("id", sample["doc_id"])),
@@ -90,6 +90,9 @@ def _prediction(task: str, lm_task: LmTask, sample: dict) -> dict:
         # mc2 scores the probability mass on the true options: a majority counts as correct.
         "correct": score >= 0.5,
     }
+    if not isinstance(sample["resps"][0][0], str):
+        record["loglikelihoods"] = [float(r[0]) for r in sample["filtered_resps"]]  # per option, in order
+    return record
 
 
 def evaluate_model(
@@ -100,6 +103,7 @@ def evaluate_model(
     out_dir: Path,
     dtype: str = "float32",
     seed: int = 0,
+    device: str = "auto",
 ) -> dict[str, float]:
     """Score a model on `eval_cfg.tasks`: {task: score in percent, ..., "average": their mean}.
 
@@ -127,8 +131,9 @@ def evaluate_model(
     if eval_cfg.limit is not None:
         print(f"eval.limit={eval_cfg.limit}: scoring {eval_cfg.limit} items per task (not the full split)")
 
-    lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size)
-    scores, metrics, predictions = {}, {}, []
+    lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size,
+                  resolve_device(device))
+    scores, stderr, metrics, predictions = {}, {}, {}, []
     start = time.perf_counter()
     # One call for every task: requests of tasks with the same generation settings share batches.
     result = simple_evaluate(
@@ -151,11 +156,15 @@ def evaluate_model(
             results = result["results"][lm_task.name]
             metrics[lm_task.name] = {k: v for k, v in results.items() if isinstance(v, (int, float))}
             metric_filter = lm_task.metric.split(",")[1]  # samples repeat once per filter of the task
-            predictions += [_prediction(task, lm_task, s) for s in result["samples"][lm_task.name]
-                            if s["filter"] == metric_filter]
+            task_predictions = [_prediction(task, lm_task, s) for s in result["samples"][lm_task.name]
+                                if s["filter"] == metric_filter]
+            predictions += task_predictions
             if lm_task.scored:
                 scores[task] = 100.0 * float(results[lm_task.metric])
+                # lm-eval's own stderr needs bootstrap_iters > 0: the mean's standard error from the items
+                stderr[task] = 100.0 * score_stderr([p["score"] for p in task_predictions])
     scores["average"] = statistics.fmean(scores.values())
+    stderr["average"] = average_stderr([stderr[task] for task in plan])
     del lm  # lm-eval's vLLM engine holds its GPUs until collected, and the next stage needs them
     gc.collect()
 
@@ -164,6 +173,7 @@ def evaluate_model(
         out_dir / "eval.json",
         {
             "scores": scores,
+            "stderr": stderr,  # standard error of each score (percent points), cream.stats.score_stderr
             "protocol": protocol.value,
             "data": str(data_dir) if not hub else "hub",
             "split": eval_cfg.split if not hub else "lm-eval default",

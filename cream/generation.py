@@ -59,8 +59,8 @@ def _chunk_sampler(model, cfg: SamplingConfig | JudgeConfig, engine: SamplingCon
         torch.manual_seed(seed)
         width = max(len(p) for p in prompts)
         pads = [width - len(p) for p in prompts]
-        input_ids = torch.tensor([[pad_id] * k + p for k, p in zip(pads, prompts)])
-        attention = (torch.arange(width)[None, :] >= torch.tensor(pads)[:, None]).long()
+        input_ids = torch.tensor([[pad_id] * k + p for k, p in zip(pads, prompts)], device=model.device)
+        attention = (torch.arange(width, device=model.device)[None, :] >= torch.tensor(pads, device=model.device)[:, None]).long()
         with torch.inference_mode():
             out = model.generate(
                 input_ids=input_ids,

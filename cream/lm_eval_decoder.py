@@ -1,7 +1,8 @@
 """lm-eval's HF model with generation on cream's decoder (`eval.backend: torch`).
 
-Only `_model_generate` changes: lm-eval still builds the prompts, batches and truncates them, cuts
-each output at its stop strings and computes log-likelihoods with the HF model. The decoder stops
+Generation changes in `_model_generate` only: lm-eval still builds the prompts, batches and
+truncates them and cuts each output at its stop strings. Log-likelihood requests encode each context
+once (`SharedContextLoglikelihood`, cream/lm_eval_scoring.py). The decoder stops
 a row at the end-of-turn token only, so a row may run past a stop string; lm-eval's cut makes the
 text the same as under transformers' `generate` (greedy decoding is deterministic).
 """
@@ -12,9 +13,10 @@ import torch
 from lm_eval.models.huggingface import HFLM
 
 from cream.decode import Decoder
+from cream.lm_eval_scoring import SharedContextLoglikelihood
 
 
-class DecoderLM(HFLM):
+class DecoderLM(SharedContextLoglikelihood, HFLM):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self._decoder: Decoder | None = None  # built at the first generation request
@@ -32,5 +34,6 @@ class DecoderLM(HFLM):
         )
         width = max(len(g) for g in generated)
         pad = self.tokenizer.pad_token_id
-        continuation = torch.tensor([g + [pad] * (width - len(g)) for g in generated], dtype=context.dtype)
+        continuation = torch.tensor([g + [pad] * (width - len(g)) for g in generated], dtype=context.dtype,
+                                    device=context.device)
         return torch.cat([context, continuation], dim=1)

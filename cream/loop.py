@@ -26,7 +26,7 @@ from cream.errors import DataError
 from cream.lm_eval_tasks import FOLDERS
 from cream.logger import METRICS, RunLogger
 from cream.model_pool import ModelPool
-from cream.models import ModelRef, resolve_model_dir
+from cream.models import ModelRef, resolve_device, resolve_model_dir
 from cream.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
 from cream.stages import Context, StageResult, consistency, evaluate, pairs, reward, sample, sft, train
 
@@ -138,7 +138,8 @@ def run(cfg: Config) -> dict:
 
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
     run_ = Run(cfg, data_identity(prompts, sft_examples, eval_files(cfg, data_dir)))
-    ctx = Context(cfg=cfg, pool=ModelPool(cfg.model), device="cuda" if torch.cuda.is_available() else "cpu",
+    device = resolve_device(cfg.device)
+    ctx = Context(cfg=cfg, pool=ModelPool(cfg.model, device), device=device,
                   logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
     scores: dict[str, dict] = {}
 
@@ -171,7 +172,13 @@ def run(cfg: Config) -> dict:
 
 
 def score_table(scores: dict[str, dict]) -> str:
-    tasks = list(next(iter(scores.values())).keys())
+    """Scores in percent, each with its standard error when known: `52.0 ± 2.5`."""
+    tasks = [t for t in next(iter(scores.values())) if not t.endswith("_stderr")]
+
+    def cell(s: dict, task: str) -> str:
+        error = s.get(f"{task}_stderr")
+        return f"{s.get(task, float('nan')):.1f}" + (f" ± {error:.1f}" if error is not None else "")
+
     lines = ["| model | " + " | ".join(tasks) + " |", "|---" * (len(tasks) + 1) + "|"]
-    lines += [f"| {m} | " + " | ".join(f"{s.get(t, float('nan')):.1f}" for t in tasks) + " |" for m, s in scores.items()]
+    lines += [f"| {m} | " + " | ".join(cell(s, t) for t in tasks) + " |" for m, s in scores.items()]
     return "\n".join(lines)

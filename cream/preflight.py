@@ -20,6 +20,7 @@ _GPU_EXTRA = "pip install -e .[gpu]"
 
 def check(cfg: Config) -> None:
     """Everything `cfg` needs from this machine; raises ConfigError or ModelError naming the key."""
+    check_device(cfg)
     check_backends(cfg)
     check_model(cfg.model, Path(cfg.paths.cache).expanduser())
     check_names(cfg)
@@ -28,6 +29,13 @@ def check(cfg: Config) -> None:
 def _installed(module: str) -> bool:
     """Whether `module` can be imported (found without importing it: vLLM takes seconds to import)."""
     return importlib.util.find_spec(module) is not None
+
+
+def check_device(cfg: Config) -> None:
+    """`device=cuda` needs a GPU that torch can see (auto falls back to the CPU)."""
+    from cream.models import resolve_device
+
+    resolve_device(cfg.device)  # ConfigError naming `device`
 
 
 def check_backends(cfg: Config) -> None:

@@ -79,11 +79,15 @@ def _score_batch(model, prompts: list[list[int]], owner: list[int], responses: l
         labels[j, 1 : len(response) + 1] = torch.tensor(response, dtype=torch.long)
     rows = torch.tensor(owner)
     starts = torch.tensor([len(prompts[g]) - 1 for g in owner])
+    device = model.device  # built on the CPU, moved once
+    if device.type != "cpu":
+        prefix, prefix_mask, suffix, suffix_mask, labels, rows, starts = (
+            t.to(device) for t in (prefix, prefix_mask, suffix, suffix_mask, labels, rows, starts))
     with torch.inference_mode():
         cache = backbone(input_ids=prefix, attention_mask=prefix_mask,
                          position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True).past_key_values
         cache.batch_select_indices(rows)  # each response gets its prompt's cache rows
         out = model(input_ids=suffix, attention_mask=torch.cat([prefix_mask[rows], suffix_mask], dim=1),
-                    position_ids=starts[:, None] + torch.arange(span)[None], past_key_values=cache,
+                    position_ids=starts[:, None] + torch.arange(span, device=device)[None], past_key_values=cache,
                     labels=labels, fused_lm_head=True)
     return out.log_probs.float().sum(dim=1).tolist()

@@ -19,9 +19,11 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     model = ctx.newest
     ctx.pool.release()  # lm-eval loads its own copy
     scores = evaluate_model(ctx.cfg.eval, ctx.data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
-                            stage_dir, dtype=ctx.cfg.model.dtype, seed=ctx.cfg.seed)
+                            stage_dir, dtype=ctx.cfg.model.dtype, seed=ctx.cfg.seed, device=ctx.device)
     timing = read_json(Path(stage_dir) / "eval.json")
     metrics = {f"eval/{task}": score for task, score in scores.items()}
+    # standard error of each score, percent points (older eval.json files have none)
+    metrics |= {f"eval/{task}_stderr": se for task, se in timing.get("stderr", {}).items() if se is not None}
     metrics["time/eval_items_per_s"] = timing["items"] / max(timing["seconds"], 1e-9)
     wrong = wrong_answers(stage_dir, WRONG_ANSWERS_LOGGED)
     if wrong:

@@ -28,12 +28,13 @@ CONFIG = ("sft", "model", "data", "seed")  # the settings its result depends on
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
     ctx.pool.release()  # training loads its own trainable copy
-    model, metrics = sft(ctx.cfg.sft, ctx.cfg.model, ctx.models[0], ctx.sft_examples, stage_dir, ctx.cfg.seed)
+    model, metrics = sft(ctx.cfg.sft, ctx.cfg.model, ctx.models[0], ctx.sft_examples, stage_dir, ctx.cfg.seed,
+                         ctx.device)
     return StageResult(metrics, {"model": model})
 
 
 def build_trainer(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
-                  stage_dir: Path, seed: int) -> SFTTrainer:
+                  stage_dir: Path, seed: int, device: str = "cpu") -> SFTTrainer:
     from datasets import Dataset
 
     tokenizer = load_tokenizer(m0.base)
@@ -56,7 +57,8 @@ def build_trainer(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples
         save_total_limit=1,
         report_to=[],
         seed=seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
+        dataloader_pin_memory=False,  # a collator may build device tensors, which cannot be pinned
     )
     model, peft_config = load_trainable(m0, model_cfg, cfg)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
@@ -64,16 +66,16 @@ def build_trainer(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples
 
 
 def sft(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict], stage_dir: Path,
-        seed: int) -> tuple[ModelRef, dict]:
+        seed: int, device: str = "cpu") -> tuple[ModelRef, dict]:
     """Fine-tune M0 on the seed examples; returns M1 and the stage metrics. In this process, or under
     `accelerate launch` with the training processes of `sft.accelerate_config`."""
-    return run_training(sft_in_process, cfg, stage_dir, cfg, model_cfg, m0, examples, stage_dir, seed)
+    return run_training(sft_in_process, cfg, stage_dir, cfg, model_cfg, m0, examples, stage_dir, seed, device)
 
 
 def sft_in_process(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples: list[dict],
-                   stage_dir: Path, seed: int) -> tuple[ModelRef, dict]:
+                   stage_dir: Path, seed: int, device: str = "cpu") -> tuple[ModelRef, dict]:
     """`sft` in the calling process, one of the launched ones or the loop's own."""
-    trainer = build_trainer(cfg, model_cfg, m0, examples, stage_dir, seed)
+    trainer = build_trainer(cfg, model_cfg, m0, examples, stage_dir, seed, device)
     if len(trainer.train_dataset) == 0:
         raise StageError(f"no SFT example fits in sft.max_length={cfg.max_length} tokens with room for its reply")
     checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))

@@ -27,24 +27,25 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     ctx.pool.release()  # training loads its own trainable copy
     t = ctx.iteration
     model, metrics = train(ctx.cfg.dpo, ctx.cfg.model, ctx.policy, ctx.file("pairs", "pairs"), stage_dir,
-                           ctx.cfg.seed + t, f"m{t + 1}")
+                           ctx.cfg.seed + t, f"m{t + 1}", ctx.device)
     return StageResult(metrics, {"model": model})
 
 
 def train(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
-          output_name: str) -> tuple[ModelRef, dict]:
+          output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
     """Train M_t on the pairs; returns M_{t+1} and the stage metrics. In this process, or in
     `dpo.num_processes` processes under `accelerate launch --config_file dpo.accelerate_config`."""
-    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, pairs_path, stage_dir, seed, output_name)
+    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, pairs_path, stage_dir, seed, output_name,
+                        device)
 
 
 def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
-                     output_name: str) -> tuple[ModelRef, dict]:
+                     output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
     """`train` in the calling process, one of the launched ones or the loop's own."""
     dataset = pairs_dataset(pairs_path)
     tokenizer = load_tokenizer(policy.base)
     # The arguments first: under DeepSpeed ZeRO-3 they make `from_pretrained` load each rank's shard only.
-    args = training_args(cfg, Path(stage_dir) / "checkpoints", seed, len(dataset))
+    args = training_args(cfg, Path(stage_dir) / "checkpoints", seed, len(dataset), device)
     model, peft_config = load_trainable(policy, model_cfg, cfg)
     trainer = CreamDPOTrainer(
         model=model,

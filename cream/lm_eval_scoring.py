@@ -1,0 +1,142 @@
+"""lm-eval's log-likelihood requests with each context encoded once (`eval.backend: torch`).
+
+In a multiple-choice task every option of a question has the same context. lm-eval's HF model runs
+each (context, option) as a whole sequence; here, as in the reward stage (`cream.scoring`), the
+context is encoded once per batch, its KV cache repeated for its options, and only the options run on
+top of it. Each distinct (context, continuation) is scored once, and a context whose continuations
+are spread over the requests of several tasks or options is still encoded once per batch.
+
+Tokenization is lm-eval's own (`loglikelihood` and `_encode_pair` are not overridden; this replaces
+`_loglikelihood_tokens`), and so is the left truncation to `max_length`: the scored token windows are
+the HF model's, the values equal to float rounding, and `is_greedy` is computed from the same logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+AUTO_BATCH_SIZE = 32  # continuations per batch under lm-eval's batch_size "auto"
+Sequence = tuple[tuple[int, ...], tuple[int, ...]]  # (context tokens, continuation tokens)
+
+
+def scoring_window(context: list[int], continuation: list[int], max_length: int) -> Sequence:
+    """The (context, continuation) lm-eval's causal HF model scores: the whole sequence cut to its last
+    `max_length + 1` tokens (the context truncated from the left); the continuation kept whole."""
+    if not context or not continuation:
+        raise ValueError("a log-likelihood request needs a non-empty context and continuation")
+    if len(continuation) > max_length:
+        raise ValueError(f"a continuation of {len(continuation)} tokens exceeds the model's max_length {max_length}")
+    whole = (list(context) + list(continuation))[-(max_length + 1):]
+    return tuple(whole[: len(whole) - len(continuation)]), tuple(continuation)
+
+
+def plan_batches(sequences: list[Sequence], batch_size: int) -> list[list[tuple[tuple[int, ...], list[tuple[int, ...]]]]]:
+    """Distinct sequences grouped by context, whole groups per batch of about `batch_size` continuations,
+    in context-length order: [[(context, [continuation, ...]), ...], ...]."""
+    groups: dict[tuple[int, ...], dict[tuple[int, ...], None]] = {}
+    for context, continuation in sequences:
+        groups.setdefault(context, {})[continuation] = None  # a dict keeps first-seen order, no duplicates
+    batches, current, size = [], [], 0
+    for context in sorted(groups, key=len):
+        current.append((context, list(groups[context])))
+        size += len(groups[context])
+        if size >= batch_size:
+            batches.append(current)
+            current, size = [], 0
+    return batches + ([current] if current else [])
+
+
+def _backbone(model):
+    """The transformer without its LM head (adapters included), for the context pass; None if unknown."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, getattr(base, "base_model_prefix", "model"), None)
+
+
+def score_batch(model, batch: list[tuple[tuple[int, ...], list[tuple[int, ...]]]], pad_id: int, device,
+                softmax_dtype=None) -> list[tuple[float, bool]]:
+    """(summed log-prob, is_greedy) of each continuation of `batch`, in order: one pass over the contexts
+    but their last token (left-padded, so each ends at the last cache slot), one over the continuations
+    preceded by their context's last token, attending to the repeated cache."""
+    contexts = [context for context, _ in batch]
+    owner = [g for g, (_, continuations) in enumerate(batch) for _ in continuations]
+    continuations = [c for _, cs in batch for c in cs]
+    width = max(len(c) for c in contexts) - 1
+    prefix = torch.full((len(contexts), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(contexts), width), dtype=torch.long)
+    for g, context in enumerate(contexts):
+        if len(context) > 1:
+            prefix[g, width - len(context) + 1:] = torch.tensor(context[:-1])
+            prefix_mask[g, width - len(context) + 1:] = 1
+    span = max(len(c) for c in continuations) + 1
+    suffix = torch.full((len(continuations), span), pad_id, dtype=torch.long)
+    suffix_mask = torch.zeros((len(continuations), span), dtype=torch.long)
+    for j, (g, continuation) in enumerate(zip(owner, continuations)):
+        suffix[j, : len(continuation) + 1] = torch.tensor(contexts[g][-1:] + continuation)
+        suffix_mask[j, : len(continuation) + 1] = 1
+    rows = torch.tensor(owner)
+    starts = torch.tensor([len(contexts[g]) - 1 for g in owner])
+    position_ids = starts[:, None] + torch.arange(span)[None]
+    cache = None
+    with torch.inference_mode():
+        if width > 0:
+            backbone = _backbone(model) or model
+            cache = backbone(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
+                             position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device),
+                             use_cache=True).past_key_values
+            cache.batch_select_indices(rows.to(device))  # each continuation gets its context's cache row
+        mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1) if width > 0 else suffix_mask
+        logits = model(input_ids=suffix.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
+                       past_key_values=cache, use_cache=cache is not None).logits
+        log_probs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
+    results = []
+    for j, continuation in enumerate(continuations):
+        scored = log_probs[j, : len(continuation)]  # position i predicts continuation[i]
+        tokens = torch.tensor(continuation, device=scored.device)
+        value = float(scored.gather(1, tokens[:, None]).sum())
+        results.append((value, bool((scored.argmax(dim=-1) == tokens).all())))
+    return results
+
+
+def shared_context_loglikelihoods(model, sequences: list[Sequence], batch_size: int, pad_id: int, device,
+                                  softmax_dtype=None, autocast=contextlib.nullcontext, desc: str = "log-likelihoods",
+                                  disable_tqdm: bool = False) -> list[tuple[float, bool]]:
+    """(summed log-prob, is_greedy) of each (context, continuation), in input order; each context
+    (at least one token) encoded once per batch and each distinct sequence scored once."""
+    values: dict[Sequence, tuple[float, bool]] = {}
+    for batch in tqdm(plan_batches(sequences, batch_size), desc=desc, unit="batch", disable=disable_tqdm):
+        with autocast():
+            scored = score_batch(model, batch, pad_id, device, softmax_dtype)
+        pairs = [(context, c) for context, cs in batch for c in cs]
+        values.update(zip(pairs, scored))
+    return [values[s] for s in sequences]
+
+
+class SharedContextLoglikelihood:
+    """Mixin for lm-eval's `HFLM`: `_loglikelihood_tokens` (under `loglikelihood` and
+    `loglikelihood_rolling`) on `shared_context_loglikelihoods`, for causal models."""
+
+    def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
+        if self.backend != "causal":
+            return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        sequences = [scoring_window(context, continuation, self.max_length) for _, context, continuation in requests]
+        batch_size = override_bs or self.batch_size
+        # lm-eval's "auto" probes memory with whole sequences; contexts shared, a fixed batch does
+        batch_size = int(batch_size) if str(batch_size).isdigit() and int(batch_size) > 0 else AUTO_BATCH_SIZE
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eot_token_id
+
+        def autocast():
+            return torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
+                                  enabled=self.mixed_precision_dtype is not None)
+
+        results = shared_context_loglikelihoods(
+            self.model, sequences, batch_size, pad_id, self.device, self.softmax_dtype, autocast,
+            desc="Running loglikelihood requests (contexts shared)", disable_tqdm=disable_tqdm or self.rank != 0,
+        )
+        for (request, _, _), answer in zip(requests, results):
+            if request is not None:  # loglikelihood_rolling's windows carry None, cached per document
+                self.cache_hook.add_partial("loglikelihood", request, answer)
+        return results
