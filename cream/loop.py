@@ -31,7 +31,7 @@ from cream.run_folder import RunFolder, data_identity, digest, outputs_digest, p
 from cream.stages import Context, StageResult, consistency, evaluate, pairs, reward, sample, sft, train
 
 log = logging.getLogger("cream")
-ITERATION = (sample, reward, consistency, pairs, train, evaluate)
+ITERATION = (sample, reward, consistency, pairs, train)  # then evaluate, when eval.enabled
 
 
 def peak_rss_mb() -> float:
@@ -157,7 +157,7 @@ def run(cfg: Config) -> dict:
         ctx.models.append(ModelRef("m1", m0.base))  # M1 = M0
     for t in range(1, cfg.iterations + 1):
         ctx.iteration, ctx.outputs, ctx.digests = t, {}, {}
-        for stage in ITERATION[:-1]:
+        for stage in ITERATION:
             run_.stage(ctx, stage)
         evaluate_newest(evaluate.NAME)
 
