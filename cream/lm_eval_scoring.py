@@ -1,7 +1,7 @@
 """lm-eval's log-likelihood requests with each context encoded once (`eval.backend: torch`).
 
 In a multiple-choice task every option of a question has the same context. lm-eval's HF model runs
-each (context, option) as a whole sequence; here, as in the reward stage (`cream.scoring`), the
+each (context, option) as a whole sequence; here, on the reward stage's kernel (`cream.scoring.shared_prefix_forward`), the
 context is encoded once per batch, its KV cache repeated for its options, and only the options run on
 top of it. Each distinct (context, continuation) is scored once, and a context whose continuations
 are spread over the requests of several tasks or options is still encoded once per batch.
@@ -18,6 +18,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
+
+from cream.scoring import shared_prefix_forward
 
 AUTO_BATCH_SIZE = 32  # continuations per batch under lm-eval's batch_size "auto"
 Sequence = tuple[tuple[int, ...], tuple[int, ...]]  # (context tokens, continuation tokens)
@@ -50,47 +52,15 @@ def plan_batches(sequences: list[Sequence], batch_size: int) -> list[list[tuple[
     return batches + ([current] if current else [])
 
 
-def _backbone(model):
-    """The transformer without its LM head (adapters included), for the context pass; None if unknown."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return getattr(base, getattr(base, "base_model_prefix", "model"), None)
-
-
-def score_batch(model, batch: list[tuple[tuple[int, ...], list[tuple[int, ...]]]], pad_id: int, device,
+def score_batch(model, batch: list[tuple[tuple[int, ...], list[tuple[int, ...]]]], pad_id: int,
                 softmax_dtype=None) -> list[tuple[float, bool]]:
-    """(summed log-prob, is_greedy) of each continuation of `batch`, in order: one pass over the contexts
-    but their last token (left-padded, so each ends at the last cache slot), one over the continuations
-    preceded by their context's last token, attending to the repeated cache."""
-    contexts = [context for context, _ in batch]
+    """(summed log-prob, is_greedy) of each continuation of `batch`, in order, from the scoring kernel's
+    shared-prefix forward (`cream.scoring.shared_prefix_forward`)."""
+    contexts = [list(context) for context, _ in batch]
     owner = [g for g, (_, continuations) in enumerate(batch) for _ in continuations]
-    continuations = [c for _, cs in batch for c in cs]
-    width = max(len(c) for c in contexts) - 1
-    prefix = torch.full((len(contexts), width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(contexts), width), dtype=torch.long)
-    for g, context in enumerate(contexts):
-        if len(context) > 1:
-            prefix[g, width - len(context) + 1:] = torch.tensor(context[:-1])
-            prefix_mask[g, width - len(context) + 1:] = 1
-    span = max(len(c) for c in continuations) + 1
-    suffix = torch.full((len(continuations), span), pad_id, dtype=torch.long)
-    suffix_mask = torch.zeros((len(continuations), span), dtype=torch.long)
-    for j, (g, continuation) in enumerate(zip(owner, continuations)):
-        suffix[j, : len(continuation) + 1] = torch.tensor(contexts[g][-1:] + continuation)
-        suffix_mask[j, : len(continuation) + 1] = 1
-    rows = torch.tensor(owner)
-    starts = torch.tensor([len(contexts[g]) - 1 for g in owner])
-    position_ids = starts[:, None] + torch.arange(span)[None]
-    cache = None
+    continuations = [list(c) for _, cs in batch for c in cs]
+    logits = shared_prefix_forward(model, contexts, owner, continuations, pad_id).logits
     with torch.inference_mode():
-        if width > 0:
-            backbone = _backbone(model) or model
-            cache = backbone(input_ids=prefix.to(device), attention_mask=prefix_mask.to(device),
-                             position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0).to(device),
-                             use_cache=True).past_key_values
-            cache.batch_select_indices(rows.to(device))  # each continuation gets its context's cache row
-        mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1) if width > 0 else suffix_mask
-        logits = model(input_ids=suffix.to(device), attention_mask=mask.to(device), position_ids=position_ids.to(device),
-                       past_key_values=cache, use_cache=cache is not None).logits
         log_probs = F.log_softmax(logits, dim=-1, dtype=softmax_dtype)
     results = []
     for j, continuation in enumerate(continuations):
@@ -101,7 +71,7 @@ def score_batch(model, batch: list[tuple[tuple[int, ...], list[tuple[int, ...]]]
     return results
 
 
-def shared_context_loglikelihoods(model, sequences: list[Sequence], batch_size: int, pad_id: int, device,
+def shared_context_loglikelihoods(model, sequences: list[Sequence], batch_size: int, pad_id: int,
                                   softmax_dtype=None, autocast=contextlib.nullcontext, desc: str = "log-likelihoods",
                                   disable_tqdm: bool = False) -> list[tuple[float, bool]]:
     """(summed log-prob, is_greedy) of each (context, continuation), in input order; each context
@@ -109,7 +79,7 @@ def shared_context_loglikelihoods(model, sequences: list[Sequence], batch_size: 
     values: dict[Sequence, tuple[float, bool]] = {}
     for batch in tqdm(plan_batches(sequences, batch_size), desc=desc, unit="batch", disable=disable_tqdm):
         with autocast():
-            scored = score_batch(model, batch, pad_id, device, softmax_dtype)
+            scored = score_batch(model, batch, pad_id, softmax_dtype)
         pairs = [(context, c) for context, cs in batch for c in cs]
         values.update(zip(pairs, scored))
     return [values[s] for s in sequences]
@@ -133,7 +103,7 @@ class SharedContextLoglikelihood:
                                   enabled=self.mixed_precision_dtype is not None)
 
         results = shared_context_loglikelihoods(
-            self.model, sequences, batch_size, pad_id, self.device, self.softmax_dtype, autocast,
+            self.model, sequences, batch_size, pad_id, self.softmax_dtype, autocast,
             desc="Running loglikelihood requests (contexts shared)", disable_tqdm=disable_tqdm or self.rank != 0,
         )
         for (request, _, _), answer in zip(requests, results):

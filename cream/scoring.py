@@ -61,20 +61,37 @@ def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch
 
 
 def _score_batch(model, prompts: list[list[int]], owner: list[int], responses: list[list[int]], pad_id: int) -> list[float]:
-    """Summed log-probs of `responses[j]` after `prompts[owner[j]]`: one prefix pass, one suffix pass."""
-    backbone = (model.get_base_model() if hasattr(model, "get_base_model") else model).model  # adapters included
+    """Summed log-probs of `responses[j]` after `prompts[owner[j]]`, from the fused log-prob head."""
+    out = shared_prefix_forward(model, prompts, owner, responses, pad_id, fused_log_probs=True)
+    return out.log_probs.float().sum(dim=1).tolist()
+
+
+def _backbone(model):
+    """The transformer under the LM head (adapters included), for the prefix pass."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base, getattr(base, "base_model_prefix", "model"))
+
+
+def shared_prefix_forward(model, prompts: list[list[int]], owner: list[int], responses: list[list[int]], pad_id: int,
+                          fused_log_probs: bool = False):
+    """The model's output over each `responses[j]` preceded by the last token of `prompts[owner[j]]`, attending
+    to one KV cache per prompt: one pass over the prompts but their last token (left-padded, so each ends at
+    the last cache slot; none for one-token prompts), one over the responses. Position i of row j predicts
+    `responses[j][i]`: `.logits`, or with `fused_log_probs` only the log-probs of those tokens (`.log_probs`,
+    the DPO trainer's head)."""
     width = max(len(p) for p in prompts) - 1
     prefix = torch.full((len(prompts), width), pad_id, dtype=torch.long)
     prefix_mask = torch.zeros((len(prompts), width), dtype=torch.long)
-    for g, prompt in enumerate(prompts):  # left-padded, so every prefix ends at the last cache slot
-        prefix[g, width - len(prompt) + 1 :] = torch.tensor(prompt[:-1])
-        prefix_mask[g, width - len(prompt) + 1 :] = 1
+    for g, prompt in enumerate(prompts):
+        if len(prompt) > 1:
+            prefix[g, width - len(prompt) + 1 :] = torch.tensor(prompt[:-1])
+            prefix_mask[g, width - len(prompt) + 1 :] = 1
     span = max(len(r) for r in responses) + 1
     suffix = torch.full((len(responses), span), pad_id, dtype=torch.long)
     suffix_mask = torch.zeros((len(responses), span), dtype=torch.long)
     labels = torch.full((len(responses), span), -100, dtype=torch.long)
     for j, (g, response) in enumerate(zip(owner, responses)):
-        suffix[j, : len(response) + 1] = torch.tensor(prompts[g][-1:] + response)
+        suffix[j, : len(response) + 1] = torch.tensor(list(prompts[g][-1:]) + list(response))
         suffix_mask[j, : len(response) + 1] = 1
         labels[j, 1 : len(response) + 1] = torch.tensor(response, dtype=torch.long)
     rows = torch.tensor(owner)
@@ -83,11 +100,13 @@ def _score_batch(model, prompts: list[list[int]], owner: list[int], responses: l
     if device.type != "cpu":
         prefix, prefix_mask, suffix, suffix_mask, labels, rows, starts = (
             t.to(device) for t in (prefix, prefix_mask, suffix, suffix_mask, labels, rows, starts))
+    head = {"labels": labels, "fused_lm_head": True} if fused_log_probs else {}
     with torch.inference_mode():
-        cache = backbone(input_ids=prefix, attention_mask=prefix_mask,
-                         position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True).past_key_values
-        cache.batch_select_indices(rows)  # each response gets its prompt's cache rows
-        out = model(input_ids=suffix, attention_mask=torch.cat([prefix_mask[rows], suffix_mask], dim=1),
-                    position_ids=starts[:, None] + torch.arange(span, device=device)[None], past_key_values=cache,
-                    labels=labels, fused_lm_head=True)
-    return out.log_probs.float().sum(dim=1).tolist()
+        cache = None
+        if width > 0:
+            cache = _backbone(model)(input_ids=prefix, attention_mask=prefix_mask,
+                                     position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0), use_cache=True).past_key_values
+            cache.batch_select_indices(rows)  # each response gets its prompt's cache rows
+        mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1) if cache is not None else suffix_mask
+        return model(input_ids=suffix, attention_mask=mask, position_ids=starts[:, None] + torch.arange(span, device=device)[None],
+                     past_key_values=cache, use_cache=cache is not None, **head)
