@@ -91,6 +91,11 @@ def lm_tasks(task: str, protocol: EvalProtocol, hub: bool) -> list[LmTask]:
     return [LmTask(f"cream_harness_{task}", "acc,none", "harness_mc", fields, {"doc_to_text": _MC_TEXT[task]})]
 
 
+def split_file(task: str, data_dir: Path, split: str) -> Path:
+    """Where a benchmark's split lies in a data directory (absolute: lm-eval needs it so)."""
+    return (Path(data_dir) / FOLDERS[task] / f"{split}.jsonl").resolve()
+
+
 def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> Path:
     """The split file of a benchmark, after checking every row has the fields its tasks read."""
     folder = FOLDERS[task]
@@ -98,7 +103,7 @@ def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> Pa
         rows = load_benchmark(folder, split, data_dir)
     except DataError as e:
         raise DataError(f"eval task `{task}`: {e}") from None
-    path = (Path(data_dir) / folder / f"{split}.jsonl").resolve()  # lm-eval needs an absolute path
+    path = split_file(task, data_dir, split)
     for i, row in enumerate(rows, start=1):
         missing = [f for t in tasks for f in t.fields if f not in row]
         if missing:

@@ -23,7 +23,7 @@ from cream import preflight
 from cream.config import Config
 from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir
 from cream.errors import DataError
-from cream.lm_eval_tasks import FOLDERS
+from cream.lm_eval_tasks import split_file
 from cream.logger import METRICS, RunLogger
 from cream.model_pool import ModelPool
 from cream.models import ModelRef, resolve_device, resolve_model_dir
@@ -67,15 +67,15 @@ class Run:
         iteration = ctx.iteration
         stage_dir = self.dir / f"iter_{iteration}" / name
         fingerprint = self.fingerprint(ctx, stage)
-        if is_complete(stage_dir) and read_json(stage_dir / MANIFEST).get("fingerprint") == fingerprint:
+        manifest = read_json(stage_dir / MANIFEST) if is_complete(stage_dir) else None
+        if manifest is not None and manifest.get("fingerprint") == fingerprint:
             verify_outputs(stage_dir)
-            manifest = read_json(stage_dir / MANIFEST)
             log.info(f"iter {iteration} {name}: complete, reusing {stage_dir}")
             result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
             if (iteration, name) not in self.logged:  # killed between its DONE and its record
                 self.logger.log(iteration, name, result.metrics)
         else:
-            if is_complete(stage_dir):
+            if manifest is not None:
                 log.info(f"iter {iteration} {name}: computed from other settings, inputs or data; recomputing")
             prepare_stage(stage_dir, fingerprint)
             log.info(f"iter {iteration} {name} ...")
@@ -120,8 +120,8 @@ def eval_files(cfg: Config, data_dir: Optional[Path]) -> list[Path]:
     """The local split files the evaluation reads."""
     if not cfg.eval.enabled or data_dir is None:
         return []
-    return [data_dir / FOLDERS[t] / f"{cfg.eval.split}.jsonl" for t in cfg.eval.tasks
-            if t in FOLDERS and (data_dir / FOLDERS[t] / f"{cfg.eval.split}.jsonl").is_file()]
+    files = [split_file(t, data_dir, cfg.eval.split) for t in cfg.eval.tasks]
+    return [f for f in files if f.is_file()]  # a missing one is reported by the evaluate stage, naming it
 
 
 def run(cfg: Config) -> dict:
