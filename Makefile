@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install run test test-fast compare bench clean
+.PHONY: install run test test-fast compare bench study clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -46,3 +46,10 @@ compare: $(STAMP)
 bench: $(STAMP)
 	$(PY) train.py run_name=bench
 	$(PY) bench/bench.py --run runs/cream_smollm/bench $(ARGS)
+
+# SRLM, CREAM and Oracle x seeds 0, 1, 2 on shared shards, then the comparison with its uncertainty, into
+# runs/study/$(STUDY_SCALE)/ (analysis/study.py). gpu: one GPU, about an hour; cpu: a reduced study for this
+# machine. A rerun resumes: finished run folders are reused.
+STUDY_SCALE ?= gpu
+study: $(STAMP)
+	$(PY) -m analysis.study --scale $(STUDY_SCALE)

@@ -5,11 +5,14 @@
 A run is a folder holding `run.json` and `metrics.jsonl` (README, "The run folder"); parents are
 searched recursively. A run's method is its `experiment_name` (else its folder's parent name); runs
 of one method that differ in a setting other than the seed (a sweep under one experiment) get that
-setting appended to the method name, so only seeds are ever averaged: mean line, min-max band.
+setting appended to the method name, so only seeds are ever averaged.
 Writes benchmarks.png, consistency.png, reward_accuracy.png, pairs.png and summary.md into DIR.
-Benchmark points carry error bars (+-1 standard error, `eval/<task>_stderr`, the mean over seeds),
-and each pair of methods whose last models were scored on the same items gets paired bootstrap
-differences per benchmark and on the average (`cream.stats.paired_bootstrap`) in summary.md.
+Figures: each method at its own x offset and marker (tied methods stay visible), its mean over the
+seeds with ±1 standard error (`eval/<task>_stderr`, mean over seeds) and ±1 sd over the seeds, each
+seed a dot; benchmark panels share one percent range. summary.md: the means with their standard
+errors, mean ± sd over the seeds per benchmark, and for each pair of methods whose last models were
+scored on the same items, paired bootstrap differences per benchmark and on the average
+(`cream.stats.paired_bootstrap`).
 
 W&B exports: CSV files with columns `experiment_name`, `iteration`, `stage` and one column per
 metric (an optional `seed` column separates runs), i.e. metrics.jsonl as a table.
@@ -23,10 +26,11 @@ import math
 import netrc
 import os
 import sys
+import textwrap
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Iterable, Optional
 from urllib.parse import urlparse
 
@@ -42,6 +46,10 @@ ID_COLUMNS = {None, "", "experiment_name", "seed", "stage"}  # CSV columns that 
 FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs")
 STDERR = "_stderr"  # eval/<task>_stderr: the standard error of eval/<task>
 RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
+MARKERS = "osD^vP*X<>"  # one per method, so methods tied on a point stay told apart
+OFFSET_SPAN = 0.4  # the methods of one model or iteration spread over this much of the x-axis
+LEGEND_NOTE = ("marker: mean over seeds; thin capped bar: ±1 standard error; "
+               "wide pale bar: ±1 sd over seeds; dots: each seed")
 
 
 @dataclass
@@ -153,43 +161,109 @@ def _collect(runs: list[Run], table: str) -> dict[int, dict[str, list[float]]]:
     return {x: dict(out[x]) for x in sorted(out)}
 
 
+@dataclass
+class Point:
+    """One method's value at one x (model or iteration) of one metric, as drawn and tabulated."""
+
+    x: float  # the model or iteration index plus the method's offset
+    mean: float  # over the seeds
+    sd: Optional[float]  # sample standard deviation over the seeds; None with a single seed
+    stderr: Optional[float]  # the within-run standard error, mean over the seeds; None when not logged
+    seeds: list[float]  # each seed's value
+
+
+def points(collected: dict[int, dict[str, list[float]]], key: str, offset: float = 0.0) -> list[Point]:
+    """The Points of `key` over x, from `_collect`'s x -> metric -> per-seed values."""
+    out = []
+    for x, values in collected.items():
+        seeds = values.get(key)
+        if not seeds:
+            continue
+        stderr = values.get(key + STDERR)
+        out.append(Point(x + offset, mean(seeds), stdev(seeds) if len(seeds) > 1 else None,
+                         mean(stderr) if stderr else None, list(seeds)))
+    return out
+
+
+def offsets(n_methods: int) -> list[float]:
+    """x offsets of the methods, centred on the tick and spanning OFFSET_SPAN: tied methods sit side by side."""
+    if n_methods == 1:
+        return [0.0]
+    step = OFFSET_SPAN / (n_methods - 1)
+    return [(i - (n_methods - 1) / 2) * step for i in range(n_methods)]
+
+
+def y_range(series: Iterable[Point], bounds: tuple[float, float], step: float) -> tuple[float, float]:
+    """A shared y-range for panels: every mean with its error bars and every seed, widened to whole
+    `step`s within `bounds` and at least two steps tall, so a flat line never gets an axis of +-0.04."""
+    ends = [v for p in series for v in (p.mean - max(p.sd or 0, p.stderr or 0),
+                                         p.mean + max(p.sd or 0, p.stderr or 0), *p.seeds)]
+    if not ends:
+        return bounds
+    low, high = math.floor(min(ends) / step) * step, math.ceil(max(ends) / step) * step
+    if high - low < 2 * step:  # too flat: two steps around the middle
+        low = math.floor(((low + high) / 2 - step) / step) * step
+        high = low + 2 * step
+    shift = max(0.0, bounds[0] - low) - max(0.0, high - bounds[1])  # moved inside the bounds
+    return max(bounds[0], low + shift), min(bounds[1], high + shift)
+
+
 def _plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], methods: dict, table: str,
-          xlabel: str, tick: str) -> None:
-    """One panel per (metric, title); one line per method (mean) with its min-max band."""
+          xlabel: str, tick: str, ylim: tuple[float, Optional[float]], percent_of: Optional[float] = None):
+    """One panel per (metric, title), all on the y-range `ylim` (top None: fitted to the data) plus a small
+    margin, in percent of `percent_of` when given. Each method at its own x offset and marker: its mean over
+    the seeds, ±1 standard error (thin capped bar, where logged), ±1 sd over the seeds (wide pale bar) and
+    each seed (dot). Returns the Figure, saved to `path`."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
+    from matplotlib.ticker import PercentFormatter
 
     cols = min(4, len(panels))
     rows = math.ceil(len(panels) / cols)
-    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 0.6), layout="constrained")
+    fig = Figure(figsize=(4.2 * cols, 3.4 * rows + 1.0), layout="constrained")
     axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    shift = offsets(len(methods))
     legend = {}  # label -> line, from whichever panel the method appears in
     for ax, (key, name) in zip(axes, panels):
         xs_all: set[int] = set()
-        for color, (label, collected) in enumerate(methods.items()):
-            points = [(x, v[key]) for x, v in collected[table].items() if v.get(key)]
-            if not points:
+        for i, (label, collected) in enumerate(methods.items()):
+            series = points(collected[table], key, shift[i])
+            if not series:
                 continue  # this method never logged the metric (older runs lack some diagnostics)
-            xs = [x for x, _ in points]
-            xs_all.update(xs)
-            legend[label], = ax.plot(xs, [mean(v) for _, v in points], marker="o", color=f"C{color}")
-            errors = [(x, mean(v[key]), mean(v[key + STDERR])) for x, v in collected[table].items()
-                      if v.get(key) and v.get(key + STDERR)]
-            if errors:  # +-1 standard error of the score (mean over seeds), where the runs logged it
-                ax.errorbar([x for x, _, _ in errors], [m for _, m, _ in errors], yerr=[e for _, _, e in errors],
-                            fmt="none", ecolor=f"C{color}", capsize=3)
-            ax.fill_between(xs, [min(v) for _, v in points], [max(v) for _, v in points], color=f"C{color}", alpha=0.2)
+            xs_all.update(x for x, v in collected[table].items() if v.get(key))
+            color, marker = f"C{i % 10}", MARKERS[i % len(MARKERS)]
+            legend[label], = ax.plot([p.x for p in series], [p.mean for p in series], label=label, color=color,
+                                     marker=marker, markersize=7, markerfacecolor="white", linewidth=1.2, zorder=3)
+            spread = [p for p in series if p.sd is not None]
+            if spread:  # how far the seeds differ: a wide pale bar
+                ax.errorbar([p.x for p in spread], [p.mean for p in spread], yerr=[p.sd for p in spread], fmt="none",
+                            ecolor=color, elinewidth=6, alpha=0.3, zorder=2)
+            measured = [p for p in series if p.stderr is not None]
+            if measured:  # the evaluation's own standard error (items): a thin capped bar
+                ax.errorbar([p.x for p in measured], [p.mean for p in measured], yerr=[p.stderr for p in measured],
+                            fmt="none", ecolor=color, elinewidth=1, capsize=3, zorder=2)
+            seeded = [(p.x, v) for p in series if len(p.seeds) > 1 for v in p.seeds]
+            if seeded:
+                ax.scatter(*zip(*seeded), s=12, color=color, linewidths=0, zorder=4)
         ax.set_title(name)
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_xticks(sorted(xs_all), [tick.format(x) for x in sorted(xs_all)])
+        low, high = ylim
+        margin = 0.03 * (high - low) if high is not None else 0.0  # a point on a bound stays whole
+        ax.set_ylim(low - margin, None if high is None else high + margin)
+        if percent_of:
+            ax.yaxis.set_major_formatter(PercentFormatter(percent_of, decimals=0))
+        ax.grid(axis="y", alpha=0.3)
         if not xs_all:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes, color="grey")
     for ax in axes[len(panels):]:
         ax.set_visible(False)
     if legend:
-        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(3, len(legend)), fontsize="small")
+        fig.legend(legend.values(), legend.keys(), loc="outside lower center", ncols=min(3, len(legend)),
+                   fontsize="small", title=textwrap.fill(LEGEND_NOTE, 60 * cols), title_fontsize="x-small")
     fig.suptitle(title)
     fig.savefig(path, dpi=100)
+    return fig
 
 
 def _benchmark_panels(methods: dict) -> list[tuple[str, str]]:
@@ -217,21 +291,48 @@ def _score_cell(scores: dict[str, list[float]], task: str) -> str:
     return f"{cell} ± {mean(stderr):.1f}" if stderr and cell != "–" else cell
 
 
+def _row(cells: Iterable[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def _table(methods: dict) -> str:
     """Markdown: a row per method and model M_k; M_k (k >= 2) was trained at iteration k-1, whose
-    consistency, reward accuracy and pairs are shown beside its scores."""
+    consistency, reward accuracy and pairs are shown beside its scores. `runs`: how many reached the row."""
     tasks = [name for _, name in _benchmark_panels(methods)]
     header = ["method", "model", "runs", *tasks, "iteration", "consistency", "reward acc.", "pairs kept"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [_row(header), "|" + "---|" * len(header)]
     for label, c in methods.items():
         indices = sorted(set(c["models"]) | {t + 1 for t in c["iterations"] if t >= 1})
         for k in indices:
             scores = c["models"].get(k, {})
             diag = c["iterations"].get(k - 1, {}) if k >= 2 else {}
-            cells = [label, f"M{k}", str(len(c["runs"])), *(_score_cell(scores, t) for t in tasks),
-                     str(k - 1) if k >= 2 else "–", _cell(diag.get("consistency/mean"), ".3f"),
-                     _cell(diag.get("reward_accuracy/chosen_correct"), ".3f"), _cell(diag.get("pairs/kept"), ".1f")]
-            lines.append("| " + " | ".join(cells) + " |")
+            runs = max((len(v) for v in (*scores.values(), *diag.values())), default=0)
+            lines.append(_row([label, f"M{k}", str(runs), *(_score_cell(scores, t) for t in tasks),
+                               str(k - 1) if k >= 2 else "–", _cell(diag.get("consistency/mean"), ".3f"),
+                               _cell(diag.get("reward_accuracy/chosen_correct"), ".3f"),
+                               _cell(diag.get("pairs/kept"), ".1f")]))
+    return "\n".join(lines) + "\n"
+
+
+def _spread_cell(point: Optional[Point], seeds: int) -> str:
+    """`mean ± sd` over the seeds (the mean alone for one seed), with the count when it is not the row's."""
+    if point is None:
+        return "–"
+    cell = f"{point.mean:.1f}" + (f" ± {point.sd:.1f}" if point.sd is not None else "")
+    return cell if len(point.seeds) == seeds else f"{cell} (n={len(point.seeds)})"
+
+
+def _seeds_table(methods: dict) -> str:
+    """Markdown: per method and model M_k, each benchmark's mean ± sd over the seeds (what benchmarks.png
+    draws as marker and wide bar) and the number of seeds."""
+    panels = _benchmark_panels(methods)
+    lines = [_row(["method", "model", "seeds", *(name for _, name in panels)]), "|" + "---|" * (len(panels) + 3)]
+    for label, c in methods.items():
+        by_key = {key: {p.x: p for p in points(c["models"], key)} for key, _ in panels}
+        for k in sorted(c["models"]):
+            row = [by_key[key].get(k) for key, _ in panels]
+            seeds = max((len(p.seeds) for p in row if p), default=0)
+            lines.append(_row([label, f"M{k}", str(seeds), *(_spread_cell(p, seeds) for p in row)]))
     return "\n".join(lines) + "\n"
 
 
@@ -258,14 +359,16 @@ def item_scores(eval_dir: Path) -> Optional[dict[str, dict[str, float]]]:
     return dict(out)
 
 
-def _method_items(runs: list[Run], k: int) -> Optional[dict[str, dict[str, float]]]:
-    """Per-item scores of M_k averaged over the method's runs (seeds), when every run has them on the same items."""
-    found = [item_scores(_eval_dir(Path(run.source), k)) for run in runs if Path(run.source).is_dir()]
-    if not found or any(f is None for f in found) or len(found) != len(runs):
+def _method_items(runs: list[Run], k: int) -> Optional[tuple[int, dict[str, dict[str, float]]]]:
+    """(runs, per-item scores of M_k averaged over them) over the method's runs (seeds) that evaluated M_k,
+    when each of them has its per-item scores and all were scored on the same items."""
+    reached = [run for run in runs if k in run.models]
+    found = [item_scores(_eval_dir(Path(run.source), k)) for run in reached if Path(run.source).is_dir()]
+    if not found or any(f is None for f in found) or len(found) != len(reached):
         return None
     if any({t: set(f[t]) for t in f} != {t: set(found[0][t]) for t in found[0]} for f in found):
         return None
-    return {t: {i: mean(f[t][i] for f in found) for i in found[0][t]} for t in found[0]}
+    return len(found), {t: {i: mean(f[t][i] for f in found) for i in found[0][t]} for t in found[0]}
 
 
 def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
@@ -274,15 +377,15 @@ def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
     last = {}
     for label in methods:
         evaluated = sorted(methods[label]["models"])
-        items = _method_items(by_label[label], evaluated[-1]) if evaluated else None
-        if items:
-            last[label] = (evaluated[-1], items)
+        found = _method_items(by_label[label], evaluated[-1]) if evaluated else None
+        if found:
+            last[label] = (evaluated[-1], *found)
     lines = []
     labels = sorted(last)
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
-            (ka, ia), (kb, ib) = last[a], last[b]
-            head = f"**{a} (M{ka}) vs {b} (M{kb})**"
+            (ka, na, ia), (kb, nb, ib) = last[a], last[b]
+            head = f"**{a} (M{ka}, {_count(na, 'seed')}) vs {b} (M{kb}, {_count(nb, 'seed')})**"
             if {t: set(v) for t, v in ia.items()} != {t: set(v) for t, v in ib.items()}:
                 lines.append(f"- {head}: not evaluated on the same items, no paired difference")
                 continue
@@ -296,8 +399,26 @@ def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
     return lines
 
 
-def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> dict:
-    """Plot and tabulate every run under `paths` (and in the W&B CSV `exports`) into `out_dir`.
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def group_methods(runs: list[Run]) -> tuple[dict[str, list[Run]], dict]:
+    """(label -> its runs, label -> {"runs": [sources], "models": x -> key -> per-run values, "iterations": ...}),
+    labels sorted; runs of one label are seeds of one method (`_split_variants`)."""
+    _split_variants(runs)
+    by_label: dict[str, list[Run]] = defaultdict(list)
+    for run in runs:
+        by_label[run.label].append(run)
+    methods = {label: {"runs": [r.source for r in group], "models": _collect(group, "models"),
+                       "iterations": _collect(group, "iterations")}
+               for label, group in sorted(by_label.items())}
+    return dict(by_label), methods
+
+
+def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = (), note: str = "") -> dict:
+    """Plot and tabulate every run under `paths` (and in the W&B CSV `exports`) into `out_dir`; `note` is
+    Markdown placed at the top of summary.md.
 
     Prints the summary table. Returns {method: {"runs": [sources], "models": {k: {eval key: mean}},
     "iterations": {t: {key: mean}}}}.
@@ -306,37 +427,41 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = ()) -> d
     runs += [run for e in exports for run in load_export(Path(e))]
     if not runs:
         raise DataError(f"no runs in {', '.join(str(p) for p in [*paths, *exports]) or '(no path given)'}")
-    _split_variants(runs)
-    by_label: dict[str, list[Run]] = defaultdict(list)
-    for run in runs:
-        by_label[run.label].append(run)
-    methods = {label: {"runs": [r.source for r in group], "models": _collect(group, "models"),
-                       "iterations": _collect(group, "iterations")}
-               for label, group in sorted(by_label.items())}
+    by_label, methods = group_methods(runs)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_axis, iteration_axis = ("model", "M{}"), ("iteration", "{}")
-    _plot(out_dir / "benchmarks.png", "Benchmark accuracy per model", "accuracy (%)", _benchmark_panels(methods),
-          methods, "models", *model_axis)
+    benchmarks = _benchmark_panels(methods)
+    # one percent range for every benchmark panel, in steps of 10 points: panels compare at a glance
+    scores = y_range([p for key, _ in benchmarks for c in methods.values() for p in points(c["models"], key)],
+                     (0.0, 100.0), 10.0)
+    _plot(out_dir / "benchmarks.png", "Benchmark accuracy per model", "accuracy", benchmarks,
+          methods, "models", *model_axis, ylim=scores, percent_of=100)
     _plot(out_dir / "consistency.png", "Consistency of the self-reward", "mean C",
-          [("consistency/mean", "consistency/mean")], methods, "iterations", *iteration_axis)
-    _plot(out_dir / "reward_accuracy.png", "Reward accuracy against ground truth", "share",
-          _reward_panels(methods), methods, "iterations", *iteration_axis)
+          [("consistency/mean", "consistency/mean")], methods, "iterations", *iteration_axis, ylim=(0, 1))
+    _plot(out_dir / "reward_accuracy.png", "Reward accuracy against ground truth", "share of pairs",
+          _reward_panels(methods), methods, "iterations", *iteration_axis, ylim=(0, 1), percent_of=1)
     _plot(out_dir / "pairs.png", "Preference pairs kept", "pairs", [("pairs/kept", "pairs/kept")],
-          methods, "iterations", *iteration_axis)
+          methods, "iterations", *iteration_axis, ylim=(0, None))
     runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
     figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
-    table = _table(methods)
+    table, seeds_table = _table(methods), _seeds_table(methods)
     diffs = differences(by_label, methods)
     paired = ("## Differences on the same items\n\nPaired bootstrap over items (each benchmark's items "
               f"resampled, {RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), in points, of each method's last "
-              "model; an interval containing 0 is within the noise, not a win.\n\n" + "\n".join(diffs) + "\n\n"
-              if diffs else "")
+              "model (item scores averaged over its seeds); an interval containing 0 is within the noise, "
+              "not a win.\n\n" + "\n".join(diffs) + "\n\n" if diffs else "")
+    opening = f"{note}\n\n" if note else ""
     (out_dir / "summary.md").write_text(
-        f"# Run comparison\n\nMeans over the runs (seeds) of each method; plots show the min-max band and, "
-        f"on benchmarks, +-1 standard error.\n\n{runs_list}\n{table}\n{paired}{figures}", encoding="utf-8")
+        f"# Run comparison\n\n{opening}"
+        f"Means over the runs (seeds) of each method, each score ± its standard error over the evaluated "
+        f"items (mean over the seeds); `runs`: how many runs reached the row.\n\n{runs_list}\n{table}\n"
+        f"## Across seeds\n\nEach benchmark's mean ± standard deviation over the seeds (the sample sd, "
+        f"n - 1; none for a single seed), in points.\n\n{seeds_table}\n{paired}"
+        f"Figures: each method at its own x offset and marker; {LEGEND_NOTE}.\n\n{figures}", encoding="utf-8")
     print(table)
+    print(seeds_table)
     if diffs:
         print("\n".join(diffs))
     return {label: {"runs": c["runs"],

@@ -119,16 +119,28 @@ def evaluate_model(
     hub = data_dir is None
     plan = {task: lm_tasks(task, protocol, hub) for task in eval_cfg.tasks}
     out_dir = Path(out_dir)
+    if hub and eval_cfg.limits:
+        raise ConfigError("config key `eval.limits` needs local data (the hub's split sizes are unknown before "
+                          "loading); use `eval.limit` with the hub")
+    sizes: dict[str, int] = {}  # rows of each benchmark's split
     if hub:
         task_manager = TaskManager()
     else:
         tasks_dir = out_dir / "lm_eval_tasks"
         for task, tasks in plan.items():
-            data_file = check_data(task, tasks, Path(data_dir), eval_cfg.split)
+            data_file, sizes[task] = check_data(task, tasks, Path(data_dir), eval_cfg.split)
             for lm_task in tasks:
                 render_task(lm_task, data_file, eval_cfg.split, tasks_dir)
         task_manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-    if eval_cfg.limit is not None:
+    # Per-task item counts ride lm-eval's `samples` (the first items of each split, the same for every
+    # model, so scores pair item by item); otherwise one `limit` for every task.
+    samples = None
+    if eval_cfg.limits:
+        counts = {task: min(eval_cfg.limits.get(task, sizes[task]), eval_cfg.limit or sizes[task], sizes[task])
+                  for task in plan}
+        samples = {t.name: list(range(counts[task])) for task, tasks in plan.items() for t in tasks}
+        print("eval.limits: scoring " + ", ".join(f"{task} {n} of {sizes[task]}" for task, n in counts.items()))
+    elif eval_cfg.limit is not None:
         print(f"eval.limit={eval_cfg.limit}: scoring {eval_cfg.limit} items per task (not the full split)")
 
     lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size,
@@ -139,7 +151,8 @@ def evaluate_model(
     result = simple_evaluate(
         model=lm,
         tasks=[t.name for tasks in plan.values() for t in tasks],
-        limit=eval_cfg.limit,
+        limit=None if samples else eval_cfg.limit,
+        samples=samples,
         task_manager=task_manager,
         apply_chat_template=protocol == EvalProtocol.paper,
         gen_kwargs={"max_gen_toks": eval_cfg.max_gen_toks},
@@ -178,6 +191,8 @@ def evaluate_model(
             "data": str(data_dir) if not hub else "hub",
             "split": eval_cfg.split if not hub else "lm-eval default",
             "limit": eval_cfg.limit,
+            "limits": dict(eval_cfg.limits),
+            "dtype": dtype,
             "max_gen_toks": eval_cfg.max_gen_toks,
             "backend": eval_cfg.backend,
             "model": str(model_dir),

@@ -96,8 +96,8 @@ def split_file(task: str, data_dir: Path, split: str) -> Path:
     return (Path(data_dir) / FOLDERS[task] / f"{split}.jsonl").resolve()
 
 
-def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> Path:
-    """The split file of a benchmark, after checking every row has the fields its tasks read."""
+def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> tuple[Path, int]:
+    """The split file of a benchmark and its number of rows, after checking every row has the fields its tasks read."""
     folder = FOLDERS[task]
     try:
         rows = load_benchmark(folder, split, data_dir)
@@ -108,7 +108,7 @@ def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> Pa
         missing = [f for t in tasks for f in t.fields if f not in row]
         if missing:
             raise DataError(f"{path}: row {i} (id {row.get('id')!r}) lacks field `{missing[0]}` (eval task `{task}`)")
-    return path
+    return path, len(rows)
 
 
 def render_task(task: LmTask, data_file: Path, split: str, folder: Path) -> None:

@@ -143,8 +143,10 @@ def run(cfg: Config) -> dict:
                   logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
     scores: dict[str, dict] = {}
 
+    final = cfg.iterations + 1  # the index of the last model, M_{T+1}
+
     def evaluate_newest(name: str) -> None:
-        if cfg.eval.enabled:
+        if cfg.eval.enabled and evaluated(len(ctx.models) - 1, final, cfg.eval.every):
             metrics = run_.stage(ctx, evaluate, name).metrics
             scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
             log.info("scores\n%s", score_table(scores))
@@ -169,6 +171,11 @@ def run(cfg: Config) -> dict:
     run_.logger.finish()
     log.info(f"run folder: {run_.dir}")
     return scores
+
+
+def evaluated(k: int, final: int, every: int) -> bool:
+    """Whether M_k is evaluated: M0 and the final model always, the others when `eval.every` divides k."""
+    return k in (0, final) or (every > 0 and k % every == 0)
 
 
 def score_table(scores: dict[str, dict]) -> str:

@@ -93,3 +93,7 @@ def check_names(cfg: Config) -> None:
     if unknown:
         raise ConfigError(f"config key `eval.tasks`: unknown task {', '.join(map(repr, unknown))}; "
                           f"known: {', '.join(KNOWN_TASKS)}")
+    # sizes of tasks not in eval.tasks are unused (a narrowed task list keeps the preset's sizes), typos are not
+    unknown = [task for task in cfg.eval.limits if task not in KNOWN_TASKS]
+    if unknown:
+        raise ConfigError(f"config key `eval.limits.{unknown[0]}`: unknown task; known: {', '.join(KNOWN_TASKS)}")

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from analysis.compare import FIGURES, _wandb_unavailable, compare
+from analysis.compare import (FIGURES, OFFSET_SPAN, Point, _plot, _wandb_unavailable, compare, group_methods, load_run,
+                              offsets, points, y_range)
 from tests.conftest import FIXTURE_DATA, REPO
 from tests.test_integration import cli
 
@@ -159,3 +160,90 @@ def test_no_run_found_fails_naming_the_path(tmp_path, make):
     result = compare_cli(path, "--out", tmp_path / "out")
     assert result.returncode == 2
     assert str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+# --- the numbers the figures draw and the summary prints, on hand-made runs ----------------------------------
+
+
+def _hand_run(root, method, seed, scores, stderr=None):
+    """A run folder of `method` whose models M0, M1, ... scored `scores[k]` on arc_easy (and the average)."""
+    folder = root / method / f"s{seed}"
+    folder.mkdir(parents=True)
+    (folder / "run.json").write_text(json.dumps({"config": {"experiment_name": method, "seed": seed}}))
+    records = [{"iteration": max(k - 1, 0), "stage": "evaluate_m0" if k == 0 else "evaluate",
+                "eval/arc_easy": score, "eval/average": score,
+                **({"eval/arc_easy_stderr": stderr[k]} if stderr else {})} for k, score in enumerate(scores)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return folder
+
+
+@pytest.fixture
+def seeded(tmp_path):
+    """Method `a` over three seeds (arc_easy 40, 50, 60 at M1; standard errors 4, 5, 9), `b` and `c` one seed
+    each, tied with each other at every model."""
+    root = tmp_path / "runs"
+    for seed, (score, se) in enumerate([(40.0, 4.0), (50.0, 5.0), (60.0, 9.0)]):
+        _hand_run(root, "a", seed, [30.0, score], [3.0, se])
+    for method in ("b", "c"):
+        _hand_run(root, method, 0, [30.0, 35.0])
+    return root
+
+
+def _methods(root):
+    return group_methods([load_run(d) for d in sorted(p.parent for p in root.rglob("run.json"))])[1]
+
+
+def test_points_are_the_mean_sd_and_standard_error_over_seeds(seeded):
+    methods = _methods(seeded)
+    m0, m1 = points(methods["a"]["models"], "eval/arc_easy")
+    assert (m1.x, m1.mean, m1.sd, m1.stderr, sorted(m1.seeds)) == (1, 50.0, pytest.approx(10.0), 6.0, [40.0, 50.0, 60.0])
+    assert (m0.mean, m0.sd) == (30.0, 0.0)  # the three seeds agree: no spread, not "no sd"
+    single, = points(methods["b"]["models"], "eval/arc_easy")[1:]
+    assert (single.mean, single.sd, single.stderr, single.seeds) == (35.0, None, None, [35.0])  # one seed: no sd
+
+
+def test_the_summary_gives_mean_and_sd_over_seeds_with_their_count(seeded, tmp_path):
+    compare([seeded], tmp_path / "out")
+    text = (tmp_path / "out" / "summary.md").read_text().split("## Across seeds", 1)[1]
+    assert "| a | M1 | 3 | 50.0 ± 10.0 | 50.0 ± 10.0 |" in text
+    assert "| b | M1 | 1 | 35.0 | 35.0 |" in text
+
+
+@pytest.mark.parametrize("values, expected", [
+    ([0.03], (0.0, 20.0)),  # a flat line near 0 gets two whole steps, never +-0.04
+    ([50.0], (40.0, 60.0)),
+    ([33.0, 47.0], (30.0, 50.0)),
+    ([99.5, 100.0], (80.0, 100.0)),  # kept inside the bounds
+    ([2.0, 95.0], (0.0, 100.0)),
+])
+def test_y_range_is_whole_steps_at_least_two_tall_within_bounds(values, expected):
+    assert y_range([Point(0, v, None, None, [v]) for v in values], (0.0, 100.0), 10.0) == expected
+
+
+def test_y_range_covers_error_bars_and_seeds():
+    spread = Point(0, 50.0, 8.0, 3.0, [41.0, 59.0, 50.0])
+    measured = Point(1, 20.0, None, 12.0, [20.0])
+    assert y_range([spread, measured], (0.0, 100.0), 10.0) == (0.0, 60.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 7])
+def test_offsets_are_distinct_centred_and_within_the_span(n):
+    shift = offsets(n)
+    assert len(set(shift)) == n and sum(shift) == pytest.approx(0.0)
+    assert max(shift) - min(shift) == pytest.approx(OFFSET_SPAN if n > 1 else 0.0)
+
+
+def test_tied_methods_are_drawn_apart_on_one_shared_range(seeded, tmp_path):
+    methods = _methods(seeded)
+    panels = [("eval/arc_easy", "arc_easy"), ("eval/average", "average")]
+    fig = _plot(tmp_path / "b.png", "t", "accuracy", panels, methods, "models", "model", "M{}", ylim=(20.0, 70.0),
+                percent_of=100)
+    for ax in fig.axes[:len(panels)]:
+        low, high = ax.get_ylim()
+        assert 0 < 20.0 - low == pytest.approx(high - 70.0) and high - 70.0 < 5.0  # the range and a small margin
+        lines = {line.get_label(): line for line in ax.get_lines()}
+        xs = {label: list(line.get_xdata()) for label, line in lines.items() if label in methods}
+        ys = {label: list(line.get_ydata()) for label, line in lines.items() if label in methods}
+        assert ys["b"] == ys["c"] == [30.0, 35.0]  # tied ...
+        assert all(xb != xc for xb, xc in zip(xs["b"], xs["c"]))  # ... yet side by side
+        assert len({line.get_marker() for line in lines.values() if line.get_label() in methods}) == 3

@@ -52,6 +52,9 @@ def _key(key: str) -> str:
         (["experiment=smoke", "model.path=meta-llama/Meta-Llama-3-8B-Instruct"], "model.path"),
         (["model=llama3_8b", "model.source=tiny"], "model.path"),
         (["eval.tasks=[]"], "eval.tasks"),
+        (["eval.limits.arc_easy=0"], "eval.limits.arc_easy"),
+        (["eval.every=-1"], "eval.every"),
+        (["eval.dtype=fp8"], "eval.dtype"),
     ],
 )
 def test_late_or_unchecked_settings_name_the_key(overrides, key):
@@ -69,6 +72,7 @@ def test_late_or_unchecked_settings_name_the_key(overrides, key):
         ["model.source=tiny"],  # the schema's default path (the embedded file name) counts as unset
         ["experiment=smoke"],  # model=tiny: path ""
         ["eval.enabled=false", "eval.tasks=[]"],
+        ["eval.tasks=[arc_easy]"],  # the default experiment's sizes of the other tasks stay, unused
         ["sft=full", "dpo=full"],  # no lora to check
     ],
 )
@@ -285,6 +289,7 @@ def test_a_wrong_embedded_file_name_names_the_key(tmp_path):
         (["data.prompt_sets=[arc_easy,arc_hard]"], "data.prompt_sets"),
         (["data.prompt_sets=[sft_seed]"], "data.prompt_sets"),
         (["eval.tasks=[arc_easy,mmlu]"], "eval.tasks"),
+        (["+eval.limits.gsm9k=10"], "eval.limits.gsm9k"),
     ],
 )
 def test_unknown_names_are_refused(overrides, key):

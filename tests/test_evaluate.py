@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from cream.artifacts import read_jsonl, write_jsonl
+from cream.artifacts import read_json, read_jsonl, write_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.errors import ConfigError, DataError
 from cream.evaluate import main
@@ -72,6 +72,31 @@ def test_rendered_tasks_point_at_absolute_data_files(evaluated, fixture_data):
     for path in rendered:
         text = path.read_text()
         assert str(fixture_data.resolve()) in text and "test_split: validation" in text
+
+
+@pytest.mark.parametrize(
+    "limit, limits, expected",
+    [
+        (None, {"arc_easy": 3}, {"arc_easy": 3, "openbookqa": 6}),  # unnamed tasks: the whole split (6 rows)
+        (2, {"arc_easy": 3}, {"arc_easy": 2, "openbookqa": 2}),  # `limit` caps the named ones too
+        (None, {"arc_easy": 50}, {"arc_easy": 6, "openbookqa": 6}),  # never more than the split has
+    ],
+)
+def test_per_task_limits_score_the_first_items(tiny_model_dir, fixture_data, tmp_path, limit, limits, expected):
+    cfg = EvalConfig(protocol=EvalProtocol.harness, tasks=["arc_easy", "openbookqa"], limit=limit, limits=limits,
+                     batch_size=8)
+    evaluate_model(cfg, fixture_data, tiny_model_dir, None, tmp_path)
+    predictions = read_jsonl(tmp_path / "predictions.jsonl")
+    for task, n in expected.items():
+        ids = [p["id"] for p in predictions if p["task"] == task]
+        rows = read_jsonl(fixture_data / task / "validation.jsonl")
+        assert ids == [r["id"] for r in rows[:n]]  # the first n items, in order: every model scores the same ones
+    assert read_json(tmp_path / "eval.json")["limits"] == limits
+
+
+def test_per_task_limits_need_local_data(tmp_path):
+    with pytest.raises(ConfigError, match="eval.limits"):
+        evaluate_model(EvalConfig(protocol=EvalProtocol.harness, limits={"arc_easy": 3}), None, tmp_path, None, tmp_path)
 
 
 def test_limit_is_announced(tiny_model_dir, fixture_data, tmp_path, capsys):

@@ -171,3 +171,34 @@ def test_wandb_failure_degrades_to_local_logging(tmp_path):
     assert result.stderr.count("W&B disabled for this run") == 1
     records = (tmp_path / "smoke" / "nowandb" / "metrics.jsonl").read_text().splitlines()
     assert any('"stage": "train"' in r for r in records)
+
+
+@pytest.mark.parametrize(
+    "k, final, every, expected",
+    [
+        (0, 3, 0, True),  # M0: always
+        (3, 3, 0, True),  # the final model: always
+        (1, 3, 0, False),
+        (2, 3, 0, False),
+        (1, 3, 1, True),
+        (2, 4, 2, True),
+        (3, 4, 2, False),
+    ],
+)
+def test_eval_every_picks_the_models_between_m0_and_the_final_one(k, final, every, expected):
+    from cream.loop import evaluated
+
+    assert evaluated(k, final, every) is expected
+
+
+def test_eval_every_zero_evaluates_only_m0_and_the_final_model(tmp_path):
+    result = cli("experiment=smoke", f"paths.runs={tmp_path}", f"paths.data={FIXTURE_DATA}", "eval.every=0",
+                 "eval.tasks=[arc_easy]", "logger.mode=disabled", "run_name=ends")
+    assert result.returncode == 0, result.stderr[-2000:]
+    run_dir = tmp_path / "smoke" / "ends"
+    assert (run_dir / "iter_0" / "evaluate_m0" / "DONE").is_file()
+    assert not (run_dir / "iter_0" / "evaluate").exists()  # M1, between M0 and the final M2
+    assert (run_dir / "iter_1" / "evaluate" / "DONE").is_file()
+    evaluated_models = {json.loads(r)["iteration"] for r in (run_dir / "metrics.jsonl").read_text().splitlines()
+                        if '"eval/average"' in r}
+    assert evaluated_models == {0, 1}
