@@ -32,14 +32,15 @@ test-fast: $(STAMP)
 clean:
 	rm -rf $(VENV) runs outputs multirun
 
-# SRLM vs CREAM vs Oracle on the embedded model, same seed and shards, then the comparison figures.
+# Methods side by side on the embedded model, same seed and shards, then the comparison figures. Any
+# subset of the presets: `make compare METHODS="cream_smollm osp_smollm scir_smollm"`.
+METHODS ?= srlm_smollm cream_smollm oracle_smollm
 COMPARE_RUN ?= compare
 COMPARE_ARGS ?=
 compare: $(STAMP)
-	for e in srlm_smollm cream_smollm oracle_smollm; do \
+	for e in $(METHODS); do \
 	  $(PY) train.py experiment=$$e run_name=$(COMPARE_RUN) $(COMPARE_ARGS) || exit 1; done
-	$(PY) -m analysis.compare runs/srlm_smollm/$(COMPARE_RUN) runs/cream_smollm/$(COMPARE_RUN) \
-	  runs/oracle_smollm/$(COMPARE_RUN) --out runs/compare/$(COMPARE_RUN)
+	$(PY) -m analysis.compare $(foreach e,$(METHODS),runs/$(e)/$(COMPARE_RUN)) --out runs/compare/$(COMPARE_RUN)
 
 # Stage speeds against the machine's bound and the straightforward way; rewrites BENCHMARKS.md.
 # The default experiment runs first as run_name=bench (a finished one is reused: resume=auto).

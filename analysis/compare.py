@@ -43,7 +43,11 @@ BENCHMARKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truth
 # Settings that do not change what a run measures; runs differing only in these are seeds of one method.
 NOT_METHOD_KEYS = {"seed", "experiment_name", "experiment", "run_name", "resume", "threads", "paths", "logger"}
 ID_COLUMNS = {None, "", "experiment_name", "seed", "stage"}  # CSV columns that name a record, not a metric
-FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs")
+FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs", "training")
+# What the loss sees of the pairs, per iteration: the plug-ins' labels, weights and filters (0 to 1 each)
+TRAINING_PANELS = [("pairs/mean_target", "mean label (C, p or both)"), ("pairs/mean_weight", "mean pair weight"),
+                   ("scir/agreement_rate", "SCIR: rewards agreeing"), ("upo/kept_share", "UPO: pairs kept"),
+                   ("bstar/balance", "B-STaR: balance score")]
 STDERR = "_stderr"  # eval/<task>_stderr: the standard error of eval/<task>
 RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
 MARKERS = "osD^vP*X<>"  # one per method, so methods tied on a point stay told apart
@@ -444,6 +448,10 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = (), note
           _reward_panels(methods), methods, "iterations", *iteration_axis, ylim=(0, 1), percent_of=1)
     _plot(out_dir / "pairs.png", "Preference pairs kept", "pairs", [("pairs/kept", "pairs/kept")],
           methods, "iterations", *iteration_axis, ylim=(0, None))
+    logged = [(key, name) for key, name in TRAINING_PANELS
+              if any(key in values for c in methods.values() for values in c["iterations"].values())]
+    _plot(out_dir / "training.png", "What the loss sees", "mean per iteration", logged or TRAINING_PANELS[:1],
+          methods, "iterations", *iteration_axis, ylim=(0, 1))
     runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
     figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
     table, seeds_table = _table(methods), _seeds_table(methods)

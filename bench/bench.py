@@ -138,7 +138,7 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
     or TRL's DPOTrainer computing the reference log-probs itself."""
     from trl import DPOTrainer
 
-    from cream.dpo_trainer import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, training_args
+    from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
     from cream.finetune import lora_adapter_config
 
     class StockDPOTrainer(DPOTrainer):  # TRL as shipped, on the same pre-tokenized pairs
@@ -147,17 +147,17 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
 
     tokenizer = load_tokenizer(model_dir)
     cfg = DPOConfig(batch_size=batch_size, grad_accum=grad_accum, lora=LoraConfig())
-    dataset = pairs_dataset(Path(pairs_path))
+    dataset = examples_dataset(Path(pairs_path))
     with tempfile.TemporaryDirectory() as out:
         args = training_args(cfg, Path(out), 0, len(dataset))
         model = load_base_model(model_dir, ModelConfig())
         if reuse_reference:
             trainer = CreamDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-                                      data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
+                                      data_collator=ExampleCollator(tokenizer.pad_token_id),
                                       peft_config=lora_adapter_config(cfg))
         else:
             args.precompute_ref_log_probs = False  # the reference forward runs at every step
-            stock = dataset.remove_columns(["ref_chosen_logps", "ref_rejected_logps", "consistency"])
+            stock = dataset.select_columns(["prompt_ids", "chosen_ids", "rejected_ids"])  # what stock TRL reads
             trainer = StockDPOTrainer(model=model, args=args, train_dataset=stock, processing_class=tokenizer,
                                       peft_config=lora_adapter_config(cfg))
         seconds, _ = timed(trainer.train)

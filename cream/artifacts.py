@@ -32,7 +32,7 @@ def _umask() -> int:
 _FILE_MODE = 0o666 & ~_umask()  # what open() would give: mkstemp's files are 0600
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -73,11 +73,11 @@ def json_line(obj: Any) -> str:
 
 def write_json(path: Path, obj: Any) -> None:
     text = json.dumps(strict_json(obj), indent=2, allow_nan=False, default=_json_default) + "\n"
-    _atomic_write_bytes(Path(path), text.encode())
+    write_bytes(Path(path), text.encode())
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    _atomic_write_bytes(Path(path), "".join(json_line(r) for r in rows).encode())
+    write_bytes(Path(path), "".join(json_line(r) for r in rows).encode())
 
 
 def read_json(path: Path) -> Any:
@@ -144,7 +144,7 @@ def mark_complete(stage_dir: Path, extra: dict | None = None) -> None:
         **(extra or {}),
     }
     write_json(stage_dir / MANIFEST, manifest)
-    _atomic_write_bytes(stage_dir / DONE, b"")
+    write_bytes(stage_dir / DONE, b"")
 
 
 def verify_outputs(stage_dir: Path) -> None:

@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cream.errors import ConfigError
-from cream.prompts import SRLM_JUDGE_TEMPLATE
+from cream.prompts import SELF_REFERENCE_TEMPLATE, SRLM_JUDGE_TEMPLATE
 
 # Shipped accelerate configs: `dpo.accelerate_config=<name>`. A folder beside conf/, not inside it: Hydra
 # would list conf/accelerate/ as a config group, and these files are accelerate's schema, not ours.
@@ -39,6 +39,7 @@ class RewarderName(str, Enum):
     likelihood = "likelihood"  # mean token log-prob
     judge = "judge"  # the model grades its own responses (SRLM's LLM-as-a-judge)
     oracle = "oracle"  # ground-truth correctness, for prompts with known answers
+    self_reference = "self_reference"  # pairwise verdicts against the model's own answer (cream/methods/self_reference.py)
 
 
 class ModelRole(str, Enum):
@@ -168,6 +169,9 @@ class SamplingConfig:
     top_p: float = 0.95
     max_new_tokens: int = 128
     batch_size: int = 64  # sequences per generate call (prompts per call = batch_size // n)
+    # how the sample stage picks this iteration's temperature: a registered adaptive sampler
+    # (cream.registry.ADAPTIVE_SAMPLERS): none (sampling.temperature), bstar (cream/methods/bstar.py)
+    adaptive: str = "none"
 
     def __post_init__(self) -> None:
         _require(self.dtype in ("float32", "bfloat16", "float16"), "sampling.dtype",
@@ -240,6 +244,106 @@ class RegularizerConfig:
 
 
 @dataclass
+class PairsConfig:
+    """Which pairs each prompt gives and which survive (the pairs stage)."""
+
+    # A registered pairing (cream.registry.PAIRINGS) of the responses ordered by reward: best_worst (one pair,
+    # CREAM and SRLM), ranked (every pair of different rewards, OSP), adjacent (neighbouring ranks, OSP)
+    strategy: str = "best_worst"
+    # A reward gap's preference probability sigmoid(gap / tau) (Bradley-Terry): each pair's strength (OSP) and
+    # the win rates of dpo.loss=sppo; null = a hard preference (1 for the better response, 1/2 on a tie)
+    tau: Optional[float] = None
+    filters: list[str] = field(default_factory=list)  # registered pair filters (cream.registry.FILTERS), in order
+
+    def __post_init__(self) -> None:
+        _require(self.tau is None or self.tau > 0, "pairs.tau", f"must be > 0 or null, got {self.tau}")
+
+
+@dataclass
+class ScirConfig:
+    """SCIR's filter (`pairs.filters=[scir]`): the implicit reward and a judge vote on each pair."""
+
+    # the rewarder of the second vote: the model's own judge (the paper); any registered rewarder
+    judge: RewarderName = RewarderName.judge
+    # the judge's preference probability sigmoid(score gap / judge_temperature)
+    judge_temperature: float = 1.0
+    # weight of the inconsistency penalty pulling sigmoid(h) toward the judge's probability; 0 = off
+    penalty: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.judge_temperature > 0, "scir.judge_temperature", f"must be > 0, got {self.judge_temperature}")
+        _require(self.penalty >= 0, "scir.penalty", f"must be >= 0, got {self.penalty}")
+
+
+class DropoutSite(str, Enum):
+    attention = "attention"  # the attention probabilities of every layer (any model, LoRA or full weights)
+    lora = "lora"  # the input of every LoRA adapter (peft's lora_dropout), under LoRA only
+
+
+class UpoWeighting(str, Enum):
+    none = "none"  # the kept pairs train with weight 1
+    certainty = "certainty"  # each kept pair weighted by 1 - 4 Var[p] (1 when the K passes agree exactly)
+
+
+@dataclass
+class UpoConfig:
+    """UPO's filter (`pairs.filters=[uncertainty]`): each pair scored `k` times with dropout active."""
+
+    k: int = 8  # forward passes with dropout per pair (Monte Carlo dropout)
+    dropout: float = 0.1  # the dropout probability during those passes
+    site: DropoutSite = DropoutSite.attention
+    keep: float = 0.5  # the share of pairs kept, the most certain (lowest variance of p) first
+    weighting: UpoWeighting = UpoWeighting.none
+
+    def __post_init__(self) -> None:
+        _require(self.k >= 2, "upo.k", f"a variance needs at least 2 passes, got {self.k}")
+        _require(0 < self.dropout < 1, "upo.dropout", f"must be in (0, 1), got {self.dropout}")
+        _require(0 < self.keep <= 1, "upo.keep", f"must be in (0, 1], got {self.keep}")
+
+
+@dataclass
+class BstarConfig:
+    """B-STaR (`sampling.adaptive=bstar`, `pairs.filters=[reward_threshold]`): each iteration's temperature and
+    reward threshold, picked from these grids by the balance score on a probe slice of the shard."""
+
+    temperatures: list[float] = field(default_factory=lambda: [0.5, 0.8, 1.1])
+    # on the reward standardized over the iteration's responses, (r - mean) / std: a response below is not selected
+    thresholds: list[float] = field(default_factory=lambda: [-0.5, 0.0, 0.5])
+    probe_prompts: int = 8  # the first prompts of the shard, sampled once per temperature
+    n_star: int = 4  # n*: unique correct selected responses per prompt that count as enough exploration
+
+    def __post_init__(self) -> None:
+        _require(len(self.temperatures) > 0 and all(t > 0 for t in self.temperatures), "bstar.temperatures",
+                 f"must be a non-empty list of values > 0, got {self.temperatures}")
+        _require(len(self.thresholds) > 0, "bstar.thresholds", "must name at least one threshold")
+        _require(self.probe_prompts >= 1, "bstar.probe_prompts", f"must be >= 1, got {self.probe_prompts}")
+        _require(self.n_star >= 1, "bstar.n_star", f"must be >= 1, got {self.n_star}")
+
+
+@dataclass
+class SelfReferenceConfig:
+    """The self-reference judge (`rewarder=self_reference`): the model answers each prompt greedily, then gives a
+    verdict on each pair of responses against that answer, in both orders."""
+
+    template: str = SELF_REFERENCE_TEMPLATE  # fills {prompt}, {reference}, {response_a}, {response_b}
+    reply_prefix: str = "Better response:"  # the verdict is the next token after this prefill
+    verdicts: list[str] = field(default_factory=lambda: [" A", " B"])  # one token each: "A wins", "B wins"
+    answer_tokens: int = 128  # the greedy reference answer's token budget
+    # a verdict counts (parses) when its two tokens hold at least this share of the next-token probability
+    min_mass: float = 0.5
+    batch_size: int = 8  # judge prompts per scoring forward
+
+    def __post_init__(self) -> None:
+        for placeholder in ("{prompt}", "{reference}", "{response_a}", "{response_b}"):
+            _require(placeholder in self.template, "self_reference.template", f"must contain {placeholder}")
+        _require(len(self.verdicts) == 2 and self.verdicts[0] != self.verdicts[1], "self_reference.verdicts",
+                 f"must be two different strings (A wins, B wins), got {self.verdicts}")
+        _require(self.answer_tokens > 0, "self_reference.answer_tokens", f"must be > 0, got {self.answer_tokens}")
+        _require(0 <= self.min_mass <= 1, "self_reference.min_mass", f"must be in [0, 1], got {self.min_mass}")
+        _require(self.batch_size > 0, "self_reference.batch_size", f"must be > 0, got {self.batch_size}")
+
+
+@dataclass
 class LoraConfig:
     r: int = 16
     alpha: int = 32
@@ -302,6 +406,9 @@ class TrainingConfig:
 @dataclass
 class DPOConfig(TrainingConfig):
     beta: float = 0.1
+    # A registered loss (cream.registry.LOSSES): cream (the soft-label DPO loss; plain DPO at label 1), sppo
+    # (SPPO's square loss on every scored response, eta = 1 / beta), sppo_hard (TRL's pairwise SPPO)
+    loss: str = "cream"
 
     _group = "dpo"
 
@@ -390,6 +497,31 @@ class LoggerConfig:
 
 
 @dataclass
+class DiagnoseConfig:
+    """Reward bias measured on held-out prompts with known answers: cream/stages/diagnose.py, `python -m cream.diagnose`."""
+
+    enabled: bool = False  # the loop diagnoses each iteration's new model after training
+    prompts: int = 256  # K: the prompts after the run's training shards, never trained on
+    n: int = 4  # responses per prompt
+    rewarders: list[RewarderName] = field(
+        default_factory=lambda: [RewarderName.implicit, RewarderName.likelihood, RewarderName.judge, RewarderName.oracle]
+    )
+    max_new_tokens: int = 128  # per response; the judge keeps its own `judge.max_new_tokens`
+    bootstrap: int = 2000  # resamples of the prompts for each confidence interval
+    confidence: float = 0.95  # level of the intervals
+
+    def __post_init__(self) -> None:
+        _require(self.prompts >= 1, "diagnose.prompts", f"must be >= 1, got {self.prompts}")
+        _require(self.n >= 2, "diagnose.n", f"ranking needs at least 2 responses per prompt, got {self.n}")
+        _require(len(self.rewarders) > 0, "diagnose.rewarders", "must name at least one rewarder")
+        repeated = sorted({r.value for r in self.rewarders if self.rewarders.count(r) > 1})
+        _require(not repeated, "diagnose.rewarders", f"lists {', '.join(repeated)} more than once")
+        _require(self.max_new_tokens > 0, "diagnose.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        _require(self.bootstrap >= 1, "diagnose.bootstrap", f"must be >= 1, got {self.bootstrap}")
+        _require(0 < self.confidence < 1, "diagnose.confidence", f"must be in (0, 1), got {self.confidence}")
+
+
+@dataclass
 class Config:
     experiment_name: str = MISSING  # conf/config.yaml: the experiment group's choice
     run_name: str = MISSING  # conf/config.yaml: a timestamp resolved once per run
@@ -407,11 +539,17 @@ class Config:
     rewarder: RewarderConfig = field(default_factory=RewarderConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
+    pairs: PairsConfig = field(default_factory=PairsConfig)
+    scir: ScirConfig = field(default_factory=ScirConfig)
+    upo: UpoConfig = field(default_factory=UpoConfig)
+    bstar: BstarConfig = field(default_factory=BstarConfig)
+    self_reference: SelfReferenceConfig = field(default_factory=SelfReferenceConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     data: DataConfig = field(default_factory=DataConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
     def __post_init__(self) -> None:
         check_run_name(self.run_name)

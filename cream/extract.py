@@ -93,7 +93,8 @@ def is_correct(response: str, answer: str, task: str, n_options: int | None = No
     A-E), for callers that only know the answer.
     """
     if task == "gsm8k":
-        return extract_number(response) == normalize_number(str(answer))
+        target = normalize_number(str(answer))
+        return target is not None and extract_number(response) == target  # no number read: never correct
     if not (is_multiple_choice(task) or task == "truthfulqa"):
         raise ValueError(f"unknown task {task!r}: expected gsm8k or a multiple-choice benchmark")
     answer = answer.strip().upper()

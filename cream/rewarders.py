@@ -1,15 +1,17 @@
 """The rewarders: what scores a response, under which model, and the reference schedule across iterations.
 
-A `RewardSpec` is a rewarder applied to one model. Implicit and likelihood rewards read log-probs
-the reward stage computed once per (model, response); the judge samples judgements; the oracle
-checks the known answer.
+A `RewardSpec` is a rewarder applied to one model. Rewarders are registered by name
+(`cream.registry.REWARDERS`, the names of `RewarderName`): `implicit` and `likelihood` read the log-probs
+the reward stage computed once per (model, response); `judge` samples judgements of the model itself;
+`oracle` checks the known answer. A rewarder that scores with model calls of its own gets the model pool
+through `RewardInputs`.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 
@@ -18,6 +20,7 @@ from cream.extract import is_correct
 from cream.judge import judge_scores
 from cream.model_pool import ModelPool
 from cream.models import ModelRef
+from cream.registry import REWARDERS, Scores
 from cream.rows import PromptSamples
 
 
@@ -25,28 +28,44 @@ from cream.rows import PromptSamples
 class RewardSpec:
     """A rewarder applied to one model. Responses in, one score per response (or None) out."""
 
-    rewarder: RewarderName
+    rewarder: RewarderName  # a registered rewarder's name
     model: ModelRef
-    reference: Optional[ModelRef] = None  # implicit only
+    reference: Optional[ModelRef] = None  # for a rewarder that needs one (implicit)
 
     def logp_models(self) -> list[ModelRef]:
         """The models whose log-probs of the responses this reward reads."""
-        if self.rewarder == RewarderName.implicit:
-            return [self.model, self.reference]
-        return [self.model] if self.rewarder == RewarderName.likelihood else []
+        return REWARDERS.get(self.rewarder).logp_models(self)
+
+
+@dataclass(frozen=True)
+class RewardInputs:
+    """What a rewarder may use beyond the log-probs: the judge's settings, the model pool and the stage folder."""
+
+    judge: JudgeConfig
+    engine: SamplingConfig
+    pool: ModelPool
+    max_length: int
+    seed: int
+    stage_dir: Path
+    config: Config  # the run's configuration: a plug-in rewarder's own keys (self_reference.*)
+
+
+def rewarder_spec(cfg: Config, models: list[ModelRef], k: int, name: RewarderName) -> RewardSpec:
+    """Rewarder `name` applied to M_k, with the reference `rewarder.reference` names when it needs one."""
+    if not REWARDERS.get(name).needs_reference:
+        return RewardSpec(name, models[k])
+    return RewardSpec(name, models[k], models[0] if cfg.rewarder.reference == ModelRole.m0 else models[max(k - 1, 0)])
 
 
 def reward_specs(cfg: Config, models: list[ModelRef], t: int) -> tuple[RewardSpec, RewardSpec]:
     """The reward of M_t and the ranking of M_{t-1} it is compared with, from the reference schedule in config."""
 
     def spec(k: int) -> RewardSpec:
-        if cfg.rewarder.name != RewarderName.implicit:
-            return RewardSpec(cfg.rewarder.name, models[k])
-        reference = models[0] if cfg.rewarder.reference == ModelRole.m0 else models[max(k - 1, 0)]
-        if reference == models[k]:  # a model is its own reference: its implicit reward is 0 everywhere
+        own = rewarder_spec(cfg, models, k, cfg.rewarder.name)
+        if own.reference == models[k]:  # a model is its own reference: its implicit reward is 0 everywhere
             first = cfg.regularizer.first_previous
-            return RewardSpec(first, models[k], models[0] if first == RewarderName.implicit else None)
-        return RewardSpec(RewarderName.implicit, models[k], reference)
+            return RewardSpec(first, models[k], models[0] if REWARDERS.get(first).needs_reference else None)
+        return own
 
     return spec(t), spec(t - 1)
 
@@ -55,31 +74,75 @@ def correctness(row: PromptSamples) -> list[bool]:
     return [is_correct(resp.text, row.answer, row.task) for resp in row.responses]
 
 
-def oracle_scores(rows: list[PromptSamples]) -> list[list[float]]:
+def oracle_scores(rows: list[PromptSamples]) -> Scores:
     """1 when a response reaches the prompt's known answer, else 0 (same extraction as evaluation)."""
     return [[float(c) for c in correctness(row)] for row in rows]
 
 
-def spec_scores(spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]], judge: JudgeConfig,
-                engine: SamplingConfig, pool: ModelPool, max_length: int, seed: int, stage_dir: Path
-                ) -> tuple[list[list[Optional[float]]], dict]:
+def spec_scores(spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]], config: Config,
+                pool: ModelPool, seed: int, stage_dir: Path) -> tuple[Scores, dict]:
     """Per prompt, the reward of each of its responses under `spec`, and the rewarder's own statistics.
 
     `logps` holds, per model name, the summed log-prob of every response of `rows`, flattened in order.
     """
-    if spec.rewarder == RewarderName.oracle:
+    inputs = RewardInputs(config.judge, config.sampling, pool, config.model.max_length, seed, Path(stage_dir), config)
+    return REWARDERS.get(spec.rewarder).scores(spec, rows, logps, inputs)
+
+
+@dataclass(frozen=True)
+class LogpRewarder:
+    """A reward computed per prompt from the log-probs of its responses (no model call of its own)."""
+
+    needs_reference: bool
+    # (spec, the prompt's samples, model name -> the log-probs of its responses) -> one reward per response
+    per_prompt: Callable[[RewardSpec, PromptSamples, Callable[[ModelRef], np.ndarray]], np.ndarray]
+
+    def logp_models(self, spec: RewardSpec) -> list[ModelRef]:
+        return [spec.model, spec.reference] if self.needs_reference else [spec.model]
+
+    def scores(self, spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]],
+               inputs: RewardInputs) -> tuple[Scores, dict]:
+        out, cursor = [], 0
+        for row in rows:
+            n = len(row.responses)
+            out.append(self.per_prompt(spec, row, lambda m: np.asarray(logps[m.name][cursor : cursor + n], dtype=float)).tolist())
+            cursor += n
+        return out, {}
+
+
+@dataclass(frozen=True)
+class JudgeRewarder:
+    """SRLM's LLM-as-a-judge: the model grades its own responses (`cream.judge`)."""
+
+    needs_reference: bool = False
+
+    def logp_models(self, spec: RewardSpec) -> list[ModelRef]:
+        return []
+
+    def scores(self, spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]],
+               inputs: RewardInputs) -> tuple[Scores, dict]:
+        return judge_scores(inputs.pool, spec.model, inputs.judge, inputs.engine, rows, inputs.max_length, inputs.seed,
+                            inputs.stage_dir / "judge" / spec.model.name)
+
+
+@dataclass(frozen=True)
+class OracleRewarder:
+    needs_reference: bool = False
+
+    def logp_models(self, spec: RewardSpec) -> list[ModelRef]:
+        return []
+
+    def scores(self, spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]],
+               inputs: RewardInputs) -> tuple[Scores, dict]:
         return oracle_scores(rows), {}
-    if spec.rewarder == RewarderName.judge:
-        return judge_scores(pool, spec.model, judge, engine, rows, max_length, seed,
-                            Path(stage_dir) / "judge" / spec.model.name)
-    out, cursor = [], 0
-    for row in rows:
-        n = len(row.responses)
-        own = np.asarray(logps[spec.model.name][cursor : cursor + n], dtype=float)
-        if spec.rewarder == RewarderName.likelihood:
-            lengths = np.array([max(len(r.ids), 1) for r in row.responses], dtype=float)
-            out.append((own / lengths).tolist())
-        else:
-            out.append((own - np.asarray(logps[spec.reference.name][cursor : cursor + n], dtype=float)).tolist())
-        cursor += n
-    return out, {}
+
+
+def _mean_token_logprob(spec: RewardSpec, row: PromptSamples, logps_of) -> np.ndarray:
+    return logps_of(spec.model) / np.array([max(len(r.ids), 1) for r in row.responses], dtype=float)
+
+
+REWARDERS.register(RewarderName.implicit.value,  # log pi_t - log pi_ref, summed over the response
+                   LogpRewarder(True, lambda spec, row, logps_of: logps_of(spec.model) - logps_of(spec.reference)))
+REWARDERS.register(RewarderName.likelihood.value, LogpRewarder(False, _mean_token_logprob))
+REWARDERS.register(RewarderName.judge.value, JudgeRewarder())
+REWARDERS.register(RewarderName.oracle.value, OracleRewarder())

@@ -1,9 +1,10 @@
 """The rows of the run folder's JSONL artifacts, typed, and the one place they are read and written.
 
 responses.jsonl holds `PromptSamples`, rewards.jsonl `RewardRow`s, consistency.jsonl `ConsistencyRow`s,
-pairs.jsonl `Pair`s. Every row carries its prompt id, so no value can move to another prompt when
-prompts are dropped along the way (mistake 1 of the published code). The consistency C a pair
-trains with is called `consistency` from the consistency stage to the loss.
+pairs.jsonl `Pair`s, scored_responses.jsonl `ScoredResponse`s (the examples of a per-response loss). Every
+row carries its prompt id, so no value can move to another prompt when prompts are dropped along the way
+(mistake 1 of the published code). The consistency C of a prompt is called `consistency` from the
+consistency stage to the pairs; what the loss reads of a pair is its `target`, `weight` and penalty.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ class RewardRow:
     correct: list[bool]  # against the ground truth, for diagnostics
     logps: dict[str, list[float]]  # model name -> summed log-prob of each response
     n_tokens: list[int]
+    # rewarder name -> M_t's score of each response, for the rewarders the pair filters read (`pairs.filters`)
+    scores: dict[str, list[Optional[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +82,36 @@ class Pair:
     rejected_ids: list[int]
     ref_chosen_logps: float  # under M_t, the policy DPO starts from, from the reward stage
     ref_rejected_logps: float
+    # Added with the plug-in methods; the defaults read a pairs.jsonl written before them as it trained.
+    chosen_index: Optional[int] = None  # the responses' positions among the prompt's samples
+    rejected_index: Optional[int] = None
+    strength: float = 1.0  # p: how surely chosen beats rejected, from the reward gap (`pairs.tau`); 1 = surely
+    target: Optional[float] = None  # the label of sigmoid(h) in the loss: C*p + (1-C)*(1-p); None -> C
+    weight: float = 1.0  # multiplies the pair's loss (filters set it, e.g. SCIR's joint confidence)
+    penalty: float = 0.0  # weight of a second label term of the loss (SCIR's inconsistency penalty); 0 = none
+    penalty_target: float = 0.5  # that term's label of sigmoid(h) (SCIR: the judge's preference probability)
+
+    def __post_init__(self) -> None:
+        if self.target is None:
+            self.target = self.consistency
+
+
+@dataclass
+class ScoredResponse:
+    """One scored response with what a per-response loss reads (scored_responses.jsonl; dpo.loss=sppo)."""
+
+    id: str  # the prompt's
+    task: str
+    index: int  # its position among the prompt's samples
+    prompt: str
+    text: str
+    reward: float
+    correct: bool
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    ref_logps: float  # under M_t, from the reward stage
+    target: float  # its win rate against the prompt's other scored responses under the self-reward
+    weight: float = 1.0
 
 
 Row = TypeVar("Row")

@@ -1,13 +1,14 @@
-"""The TRL hook: pre-tokenized pairs, reference log-probs from the reward stage, per-pair C in the loss."""
+"""The TRL hook: pre-tokenized pairs, reference log-probs from the reward stage, per-pair label in the loss."""
 
 import pytest
 import torch
 from trl import DPOTrainer
 
 from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource
-from cream.dpo_trainer import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, training_args
+from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
 from cream.generation import chat_prompt_ids
-from cream.losses import cream_loss
+from cream.losses import CREAM, cream_loss
+from cream.registry import LOSSES
 from cream.models import ModelRef, load_base_model, load_tokenizer
 from cream.rows import Pair, write_rows
 from cream.scoring import sequence_logprobs
@@ -37,14 +38,16 @@ def setup(tiny_model_dir, tmp_path):
     return model_cfg, tokenizer, model, tmp_path
 
 
-def _trainer(setup, consistency):
+def _trainer(setup, consistency, loss=CREAM, trl_loss_type="sigmoid"):
     model_cfg, tokenizer, model, tmp_path = setup
     path = tmp_path / "pairs.jsonl"
     write_rows(path, _pairs(tokenizer, model, consistency))
     cfg = DPOConfig(lora=None, batch_size=3, lr=1e-3)
-    trainer = CreamDPOTrainer(model=model, args=training_args(cfg, tmp_path / "out", 0, 3),
-                              train_dataset=pairs_dataset(path), processing_class=tokenizer,
-                              data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id))
+    args = training_args(cfg, tmp_path / "out", 0, 3)
+    args.loss_type = [trl_loss_type]  # what TRL's own `_compute_loss` computes, to compare with
+    trainer = CreamDPOTrainer(model=model, args=args, train_dataset=examples_dataset(path, loss),
+                              processing_class=tokenizer, data_collator=ExampleCollator(tokenizer.pad_token_id, loss),
+                              loss=loss)
     batch = trainer.data_collator([trainer.train_dataset[i] for i in range(3)])
     return trainer, batch
 
@@ -53,15 +56,24 @@ def test_c_one_equals_trl_sigmoid_loss_on_the_same_batch(setup):
     trainer, batch = _trainer(setup, [1.0, 1.0, 1.0])
     model = trainer.model
     ours = trainer._compute_loss(model, dict(batch), False)
-    stock_inputs = {k: v for k, v in batch.items() if k != "consistency"}
+    stock_inputs = {k: v for k, v in batch.items() if k not in ("target", "weight", "penalty", "penalty_target")}
     stock = DPOTrainer._compute_loss(trainer, model, stock_inputs, False)  # TRL's own sigmoid loss
     assert ours.item() == pytest.approx(stock.item(), rel=1e-6)
+
+
+def test_sppo_hard_equals_trls_sppo_hard_on_the_same_batch(setup):
+    loss = LOSSES.get("sppo_hard")
+    trainer, batch = _trainer(setup, [1.0, 1.0, 1.0], loss, "sppo_hard")
+    ours = trainer._compute_loss(trainer.model, dict(batch), False)
+    stock = DPOTrainer._compute_loss(trainer, trainer.model, {k: v for k, v in batch.items() if k != "weight"}, False)
+    assert ours.item() == pytest.approx(stock.item(), rel=1e-6)
+    assert ours.item() > 1.0  # (0.5 / beta)^2 = 25 per side at the start: not a vacuous match
 
 
 def test_per_pair_consistency_reaches_the_loss(setup):
     consistency = [0.9, 0.2, 0.5]
     trainer, batch = _trainer(setup, consistency)
-    assert batch["consistency"].tolist() == pytest.approx(consistency)
+    assert batch["target"].tolist() == pytest.approx(consistency)  # with strength 1 the label is C
     model = trainer.model
     with torch.no_grad():
         out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -72,7 +84,8 @@ def test_per_pair_consistency_reaches_the_loss(setup):
         expected = cream_loss(h, torch.tensor(consistency)).mean()
         ours = trainer._compute_loss(model, dict(batch), False)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
-    stock = DPOTrainer._compute_loss(trainer, model, {k: v for k, v in batch.items() if k != "consistency"}, False)
+    stock = DPOTrainer._compute_loss(trainer, model, {k: v for k, v in batch.items()
+                                                      if k not in ("target", "weight", "penalty", "penalty_target")}, False)
     assert abs(ours.item() - stock.item()) > 1e-4  # C < 1 really changes the loss
 
 

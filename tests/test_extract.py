@@ -99,6 +99,7 @@ def test_normalize_number(raw, expected):
         ("Step by step... #### 1,234", "1234", "gsm8k", None, True),
         ("The answer is $18.00.", "18", "gsm8k", None, True),
         ("The answer is 17.", "18", "gsm8k", None, False),
+        ("no number here", "not a number", "gsm8k", None, False),  # neither side numeric: not a match
         ("Answer: C", "C", "arc_easy", 4, True),
         ("Answer: c", "C", "siqa", 3, True),
         ("Answer: E", "E", "arc_challenge", None, True),

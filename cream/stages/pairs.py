@@ -1,60 +1,110 @@
-"""Pairs: per prompt, chosen = argmax and rejected = argmin of M_t's rewards, with the C of the
-consistency stage and the reference log-probs under M_t -> `pairs.jsonl` (`Pair`s)."""
+"""Pairs: per prompt, the preference pairs of `pairs.strategy` over M_t's rewards, each with its strength,
+label and weight, through the filters of `pairs.filters` -> `pairs.jsonl` (`Pair`s); and, when the loss
+trains on every response (`dpo.loss=sppo`), `scored_responses.jsonl` (`ScoredResponse`s).
+
+What the loss sees of a pair is set here: its label `target` = C*p + (1-C)*(1-p) (`cream.losses.soft_label`:
+the consistency C of the consistency stage, the strength p = sigmoid(reward gap / pairs.tau)), its `weight`
+(1, times each filter's weight) and its penalty term (a filter's). The strategies, filters and losses are
+looked up by name in `cream.registry`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 from cream.diagnostics import reward_accuracy
 from cream.errors import StageError
-from cream.pairing import PairStats, choose_pair
-from cream.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, read_rows, write_rows
+from cream.losses import soft_label
+from cream.pairing import PairStats, preference_probability, win_rates
+from cream.registry import FILTERS, LOSSES, PAIRINGS
+from cream.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, ScoredResponse, read_rows, write_rows
 from cream.stages import Context, StageResult
 
 NAME = "pairs"
 READS = ("sample", "reward", "consistency")
-CONFIG: tuple[str, ...] = ()  # its C comes from the consistency stage
-PAIRS = "pairs.jsonl"
-TABLE_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency",
+# its C comes from the consistency stage; dpo.loss decides the examples written, dpo.beta is SCIR's implicit scale
+CONFIG: tuple[str, ...] = ("pairs", "scir", "upo", "dpo.loss", "dpo.beta")
+PAIRS, RESPONSES = "pairs.jsonl", "scored_responses.jsonl"
+TABLE_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency", "target", "weight",
                  "chosen_correct", "rejected_correct")
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
+    settings = ctx.cfg.pairs
     samples = {r.id: r for r in read_rows(ctx.file("sample", "responses"), PromptSamples)}
     consistency = {r.id: r.consistency for r in read_rows(ctx.file("consistency", "consistency"), ConsistencyRow)}
     reward_rows = read_rows(ctx.file("reward", "rewards"), RewardRow)
+    strategy = PAIRINGS.get(settings.strategy)
     policy = ctx.policy.name  # M_t: DPO starts from it and takes it as the reference
-    stats, pairs, choices = PairStats(), [], []
+    stats, pairs = PairStats(), []
     for row in reward_rows:
         sample = samples[row.id]
-        choice = choose_pair(row.rewards, [r.text for r in sample.responses], stats)
-        if choice is None:
-            continue
+        choices = strategy(row.rewards, [r.text for r in sample.responses], stats)
         c = consistency[row.id]
-        if c is None or not math.isfinite(c):
+        if choices and (c is None or not math.isfinite(c)):
             raise StageError(f"prompt {row.id} has a pair but no consistency C to train it with "
                              f"(regularizer.name={ctx.cfg.regularizer.name.value}); see {ctx.file('consistency', 'consistency')}")
-        good, bad = sample.responses[choice.chosen], sample.responses[choice.rejected]
         logps = row.logps[policy]
-        choices.append((row, choice))
-        pairs.append(Pair(
-            id=row.id, task=row.task, answer=row.answer, prompt=sample.prompt, chosen=good.text, rejected=bad.text,
-            chosen_reward=row.rewards[choice.chosen], rejected_reward=row.rewards[choice.rejected], consistency=c,
-            chosen_correct=row.correct[choice.chosen], rejected_correct=row.correct[choice.rejected],
-            prompt_ids=sample.prompt_ids, chosen_ids=good.ids, rejected_ids=bad.ids,
-            ref_chosen_logps=logps[choice.chosen], ref_rejected_logps=logps[choice.rejected],
-        ))
+        for choice in choices:
+            good, bad = sample.responses[choice.chosen], sample.responses[choice.rejected]
+            strength = preference_probability(row.rewards[choice.chosen] - row.rewards[choice.rejected], settings.tau)
+            pairs.append(Pair(
+                id=row.id, task=row.task, answer=row.answer, prompt=sample.prompt, chosen=good.text, rejected=bad.text,
+                chosen_reward=row.rewards[choice.chosen], rejected_reward=row.rewards[choice.rejected], consistency=c,
+                chosen_correct=row.correct[choice.chosen], rejected_correct=row.correct[choice.rejected],
+                prompt_ids=sample.prompt_ids, chosen_ids=good.ids, rejected_ids=bad.ids,
+                ref_chosen_logps=logps[choice.chosen], ref_rejected_logps=logps[choice.rejected],
+                chosen_index=choice.chosen, rejected_index=choice.rejected,
+                strength=strength, target=soft_label(c, strength),
+            ))
+    metrics = {**stats.as_metrics()}
+    rows_by_id = {row.id: row for row in reward_rows}
+    for name in settings.filters:
+        if not pairs:
+            break
+        result = FILTERS.get(name).apply(pairs, rows_by_id, ctx)
+        pairs = [dataclasses.replace(pair, weight=pair.weight * result.weight[i],
+                                     **{field: values[i] for field, values in result.fields.items()})
+                 for i, pair in enumerate(pairs) if result.keep[i]]
+        metrics.update(result.metrics)
     if not pairs:
-        raise StageError(f"no preference pair survived ({stats.as_metrics()}): nothing to train on")
-    write_rows(Path(stage_dir) / PAIRS, pairs)
+        raise StageError(f"no preference pair survived ({metrics}): nothing to train on")
+    outputs = {"pairs": Path(stage_dir) / PAIRS}  # named by layout: the train stage reads its loss's
+    write_rows(outputs["pairs"], pairs)
+    if LOSSES.get(ctx.cfg.dpo.loss).layout == "responses":
+        responses = scored_responses(pairs, rows_by_id, samples, policy, settings.tau)
+        outputs["responses"] = Path(stage_dir) / RESPONSES
+        write_rows(outputs["responses"], responses)
+        metrics["pairs/scored_responses"] = len(responses)
     shown = pairs[: ctx.cfg.logger.pairs_table_rows]
     ctx.logger.table(ctx.iteration, "pairs/table", list(TABLE_COLUMNS), [[getattr(p, c) for c in TABLE_COLUMNS] for p in shown])
-    accuracy = reward_accuracy(
-        [(row.correct[c.chosen], row.correct[c.rejected]) for row, c in choices],
-        [(row.rewards, row.correct) for row in reward_rows],
-    )
+    accuracy = reward_accuracy([(p.chosen_correct, p.rejected_correct) for p in pairs],
+                               [(row.rewards, row.correct) for row in reward_rows])
     margins = [p.chosen_reward - p.rejected_reward for p in pairs]
-    metrics = {**stats.as_metrics(), **accuracy, "pairs/mean_reward_margin": sum(margins) / len(margins),
-               "pairs/mean_consistency": sum(p.consistency for p in pairs) / len(pairs)}
-    return StageResult(metrics, {"pairs": Path(stage_dir) / PAIRS})
+    metrics.update({
+        **accuracy, "pairs/kept": len(pairs), "pairs/mean_reward_margin": sum(margins) / len(margins),
+        "pairs/mean_consistency": sum(p.consistency for p in pairs) / len(pairs),
+        "pairs/mean_target": sum(p.target for p in pairs) / len(pairs),
+        "pairs/mean_weight": sum(p.weight for p in pairs) / len(pairs),
+    })
+    return StageResult(metrics, outputs)
+
+
+def scored_responses(pairs: list[Pair], rewards: dict[str, RewardRow], samples: dict[str, PromptSamples], policy: str,
+                     tau) -> list[ScoredResponse]:
+    """Every scored response of each prompt that kept a pair, with its win rate under the self-reward."""
+    out = []
+    for pid in dict.fromkeys(p.id for p in pairs):  # prompts in the pairs' order, once each
+        row, sample = rewards[pid], samples[pid]
+        for i, (reward, rate) in enumerate(zip(row.rewards, win_rates(row.rewards, tau))):
+            if rate is None:
+                continue
+            response = sample.responses[i]
+            out.append(ScoredResponse(
+                id=pid, task=row.task, index=i, prompt=sample.prompt, text=response.text, reward=reward,
+                correct=row.correct[i], prompt_ids=sample.prompt_ids, completion_ids=response.ids,
+                ref_logps=row.logps[policy][i], target=rate,
+            ))
+    return out

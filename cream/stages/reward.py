@@ -3,7 +3,9 @@
 Every (model, response) log-probability is computed once per iteration and kept in `rewards.jsonl`:
 the current model's reward, the previous model's ranking (consistency) and the DPO reference
 log-probs of chosen and rejected (training) all read it from there. The current model's log-probs
-are always computed: whatever the rewarder, DPO reads its reference log-probs from here.
+are always computed: whatever the rewarder, DPO reads its reference log-probs from here. The rewarders
+the pair filters read (`pairs.filters`, e.g. SCIR's implicit reward and judge) score M_t's responses here
+too, into `RewardRow.scores`.
 """
 
 from __future__ import annotations
@@ -16,14 +18,16 @@ import numpy as np
 from cream.artifacts import read_json, write_json
 from cream.errors import StageError
 from cream.models import load_tokenizer
-from cream.rewarders import correctness, reward_specs, spec_scores
+from cream.registry import FILTERS
+from cream.rewarders import correctness, reward_specs, rewarder_spec, spec_scores
 from cream.rows import PromptSamples, RewardRow, read_rows, write_rows
 from cream.scoring import distinct_count, sequence_logprobs
 from cream.stages import Context, StageResult
 
 NAME = "reward"
 READS = ("sample",)
-CONFIG = ("rewarder", "judge", "sampling", "regularizer.first_previous", "model", "seed")
+CONFIG = ("rewarder", "judge", "sampling", "regularizer.first_previous", "model", "seed", "pairs.filters", "scir.judge",
+          "self_reference")
 REWARDS = "rewards.jsonl"
 
 
@@ -32,9 +36,12 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     samples_path = ctx.file("sample", "responses")
     rows = read_rows(samples_path, PromptSamples)
     current, previous = reward_specs(cfg, ctx.models, ctx.iteration)
+    filtered_by = {name: rewarder_spec(cfg, ctx.models, ctx.iteration, name)
+                   for f in cfg.pairs.filters for name in FILTERS.get(f).rewarders(cfg)}
     tokenizer = load_tokenizer(current.model.base)
     sequences = [(row.prompt_ids, resp.ids) for row in rows for resp in row.responses]
-    needed = {m.name: m for m in [current.model, *current.logp_models(), *previous.logp_models()]}
+    needed = {m.name: m for m in [current.model, *current.logp_models(), *previous.logp_models(),
+                                  *(m for spec in filtered_by.values() for m in spec.logp_models())]}
     flat: dict[str, list[float]] = {}
     computed = 0  # (model, sequence) log-probs computed here; every later use reads them
     for name, ref in needed.items():
@@ -54,21 +61,25 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         flat[name] = values
 
     def scores_of(spec):
-        return spec_scores(spec, rows, flat, cfg.judge, cfg.sampling, ctx.pool, cfg.model.max_length,
-                           ctx.sampling_seed, stage_dir)
+        return spec_scores(spec, rows, flat, cfg, ctx.pool, ctx.sampling_seed, stage_dir)
 
     scores, stats = scores_of(current)
     previous_scores, _ = scores_of(previous)
+    filter_scores = {}
+    for name, spec in filtered_by.items():
+        filter_scores[name], filter_stats = (scores, stats) if spec == current else scores_of(spec)
+        stats = {**filter_stats, **stats}
     if stats.get("judge/judgements") and stats["judge/parse_rate"] == 0:
         raise StageError(f"the judge returned no parsable score in {stats['judge/judgements']} judgements: "
                          f"check `judge.template` and `judge.pattern` ({cfg.judge.pattern})")
     out_rows, cursor = [], 0
-    for row, row_scores, row_previous in zip(rows, scores, previous_scores):
+    for j, (row, row_scores, row_previous) in enumerate(zip(rows, scores, previous_scores)):
         n = len(row.responses)
         out_rows.append(RewardRow(
             id=row.id, task=row.task, answer=row.answer, rewards=row_scores, previous_rewards=row_previous,
             correct=correctness(row), logps={name: values[cursor : cursor + n] for name, values in flat.items()},
             n_tokens=[len(resp.ids) for resp in row.responses],
+            scores={name: values[j] for name, values in filter_scores.items()},
         ))
         cursor += n
     valid = np.array([r for row in scores for r in row if r is not None], dtype=float)

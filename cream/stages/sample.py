@@ -2,23 +2,53 @@
 
 Prompts too long for `model.max_length` minus the response budget are skipped, not truncated: a
 cut question has no right answer. Chunks are kept in `chunks/`, so an interrupted stage resumes.
+
+What the shard is sampled with is chosen by the adaptive sampler `sampling.adaptive` names, looked up in
+`cream.registry.ADAPTIVE_SAMPLERS`: `none` samples with `sampling` as configured; a plug-in (B-STaR's `bstar`,
+cream/methods/bstar.py) may pick other settings from the current model first, and write what later stages
+read of its choice (e.g. a reward threshold) to `adaptive.json`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from cream.artifacts import write_json
+from cream.config import Config, SamplingConfig
 from cream.data import shard
 from cream.errors import StageError
 from cream.generation import chat_prompt_ids, generate
 from cream.models import load_tokenizer
+from cream.registry import ADAPTIVE_SAMPLERS
 from cream.rows import PromptSamples, write_rows
 from cream.stages import Context, StageResult
 
 NAME = "sample"
 READS: tuple[str, ...] = ()
-CONFIG = ("sampling", "model", "data", "seed")  # the settings its result depends on
-RESPONSES = "responses.jsonl"
+# the settings its result depends on; an adaptive sampler's probe also scores with the rewarder's
+CONFIG = ("sampling", "model", "data", "seed", "bstar", "rewarder", "judge", "self_reference", "regularizer.first_previous")
+RESPONSES, ADAPTIVE = "responses.jsonl", "adaptive.json"
+
+
+@dataclass
+class SamplingChoice:
+    sampling: SamplingConfig  # what the shard is sampled with
+    metrics: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)  # written to adaptive.json for later stages; empty: no file
+
+
+class Configured:
+    """`none`: the configured `sampling` settings."""
+
+    def check(self, cfg: Config) -> None:
+        pass
+
+    def choose(self, ctx: Context, rows: list[PromptSamples], stage_dir: Path) -> SamplingChoice:
+        return SamplingChoice(ctx.cfg.sampling)
+
+
+ADAPTIVE_SAMPLERS.register("none", Configured())
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
@@ -38,7 +68,8 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
             f"no prompt fits in model.max_length={model_cfg.max_length} minus sampling.max_new_tokens="
             f"{cfg.max_new_tokens} ({too_long} prompts too long)"
         )
-    samples = generate(ctx.pool, policy, tokenizer, [r.prompt_ids for r in rows], cfg, cfg, ctx.sampling_seed,
+    choice = ADAPTIVE_SAMPLERS.get(cfg.adaptive).choose(ctx, rows, Path(stage_dir))
+    samples = generate(ctx.pool, policy, tokenizer, [r.prompt_ids for r in rows], choice.sampling, cfg, ctx.sampling_seed,
                        Path(stage_dir) / "chunks", "sample", model_cfg.max_length)
     for row, responses in zip(rows, samples):
         row.responses = responses
@@ -53,5 +84,11 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         "sample/unfinished_responses": sum(not resp.finished for resp in responses),
         "sample/mean_response_tokens": sum(lengths) / len(lengths),
         "sample/distinct_per_prompt": sum(len({x.text for x in row.responses}) for row in rows) / len(rows),
+        "sample/temperature": choice.sampling.temperature,
+        **choice.metrics,
     }
-    return StageResult(metrics, {"responses": Path(stage_dir) / RESPONSES})
+    outputs = {"responses": Path(stage_dir) / RESPONSES}
+    if choice.settings:
+        outputs["adaptive"] = Path(stage_dir) / ADAPTIVE
+        write_json(outputs["adaptive"], choice.settings)
+    return StageResult(metrics, outputs)

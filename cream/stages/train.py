@@ -1,7 +1,8 @@
-"""Train: consistency-regularized DPO from M_t to M_{t+1} on the pairs -> `adapter/` (or `model/`).
+"""Train: the loss of `dpo.loss` from M_t to M_{t+1} on the pairs stage's examples -> `adapter/` (or `model/`).
 
 The trainer is `cream.dpo_trainer.CreamDPOTrainer`: the reference log-probs come from the reward stage,
-each pair's C reaches the loss. Training runs in the loop's process, or under `accelerate launch`
+each example's label and weight reach the loss. The loss's layout names the examples it reads: the pairs
+(`pairs.jsonl`) or every scored response (`scored_responses.jsonl`). Training runs in the loop's process, or under `accelerate launch`
 (DeepSpeed ZeRO-3, FSDP) when `dpo.accelerate_config` is set (`cream.launch`); the same function runs
 in either case.
 """
@@ -12,10 +13,11 @@ import shutil
 from pathlib import Path
 
 from cream.config import DPOConfig, ModelConfig
-from cream.dpo_trainer import CreamDPOTrainer, PreferenceCollatorWithConsistency, pairs_dataset, training_args
+from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
 from cream.finetune import last_complete_checkpoint, load_trainable, save_policy
 from cream.launch import run_training
 from cream.models import ModelRef, load_tokenizer
+from cream.registry import LOSSES
 from cream.stages import Context, StageResult
 
 NAME = "train"
@@ -26,23 +28,26 @@ CONFIG = ("dpo", "model", "seed")
 def run(ctx: Context, stage_dir: Path) -> StageResult:
     ctx.pool.release()  # training loads its own trainable copy
     t = ctx.iteration
-    model, metrics = train(ctx.cfg.dpo, ctx.cfg.model, ctx.policy, ctx.file("pairs", "pairs"), stage_dir,
+    examples = ctx.file("pairs", LOSSES.get(ctx.cfg.dpo.loss).layout)  # the pairs stage's output of that name
+    model, metrics = train(ctx.cfg.dpo, ctx.cfg.model, ctx.policy, examples, stage_dir,
                            ctx.cfg.seed + t, f"m{t + 1}", ctx.device)
     return StageResult(metrics, {"model": model})
 
 
-def train(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
+def train(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, examples_path: Path, stage_dir: Path, seed: int,
           output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
-    """Train M_t on the pairs; returns M_{t+1} and the stage metrics. In this process, or in
+    """Train M_t on the examples of `dpo.loss` (`examples_path`: pairs or scored responses); returns M_{t+1} and the
+    stage metrics. In this process, or in
     `dpo.num_processes` processes under `accelerate launch --config_file dpo.accelerate_config`."""
-    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, pairs_path, stage_dir, seed, output_name,
+    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, examples_path, stage_dir, seed, output_name,
                         device)
 
 
-def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, pairs_path: Path, stage_dir: Path, seed: int,
+def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, examples_path: Path, stage_dir: Path, seed: int,
                      output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
     """`train` in the calling process, one of the launched ones or the loop's own."""
-    dataset = pairs_dataset(pairs_path)
+    loss = LOSSES.get(cfg.loss)
+    dataset = examples_dataset(examples_path, loss)
     tokenizer = load_tokenizer(policy.base)
     # The arguments first: under DeepSpeed ZeRO-3 they make `from_pretrained` load each rank's shard only.
     args = training_args(cfg, Path(stage_dir) / "checkpoints", seed, len(dataset), device)
@@ -52,11 +57,12 @@ def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, p
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
-        data_collator=PreferenceCollatorWithConsistency(pad_token_id=tokenizer.pad_token_id),
+        data_collator=ExampleCollator(tokenizer.pad_token_id, loss),
         peft_config=peft_config,
+        loss=loss,
     )
     # Counted, not inferred: every sequence through the backbone. With the reward stage's reference
-    # log-probs that is 2 per pair and epoch (chosen, rejected); a reference pass would double it.
+    # log-probs that is 2 per pair and epoch (chosen, rejected), 1 per response; a reference pass would double it.
     forwarded = [0]
     backbone = trainer.accelerator.unwrap_model(trainer.model)
     backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
@@ -78,7 +84,7 @@ def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, p
         "dpo/margin": float(last.get("rewards/margins", float("nan"))),
         "dpo/accuracy": float(last.get("rewards/accuracies", float("nan"))),
         "dpo/steps": int(trainer.state.global_step),
-        "dpo/pairs": len(dataset),
+        f"dpo/{loss.layout}": len(dataset),
         "dpo/forward_sequences": forwarded[0],
         "dpo/global_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
     }
