@@ -84,6 +84,9 @@ def test_bad_plug_in_values_name_the_key(overrides, key):
     ("sppo_smollm", {"pairs.strategy": "best_worst", "pairs.tau": 1.0, "dpo.loss": "sppo"}),
     ("scir_smollm", {"pairs.filters": ["scir"], "rewarder.name": "implicit", "judge.reply_prefix": "Score:"}),
     ("cream_smollm", {"pairs.strategy": "best_worst", "pairs.tau": None, "pairs.filters": [], "dpo.loss": "cream"}),
+    ("upo_smollm", {"pairs.filters": ["uncertainty"], "regularizer.name": "none", "upo.k": 8, "upo.site": "attention"}),
+    ("bstar_smollm", {"sampling.adaptive": "bstar", "pairs.filters": ["reward_threshold"], "sampling.n": 4}),
+    ("selfref_smollm", {"rewarder.name": "self_reference", "regularizer.name": "none", "pairs.filters": []}),
 ])
 def test_method_presets_compose_over_cream_smollm_and_pass_preflight(experiment, expected):
     cfg = _load([f"experiment={experiment}"])
@@ -249,20 +252,15 @@ def test_a_pairs_file_written_before_the_plug_ins_reads_as_it_trained(tmp_path):
 # ---- each method through the config on the tiny model, against CREAM on the same samples ------------------
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def run_methods(root, methods: dict[str, tuple[str, ...]]) -> dict[str, Path]:
     """CREAM on the smoke experiment, then each method resumed (`resume=force`) from a copy of its run folder:
     the same SFT, samples and rewards, so the pairs and what the loss sees compare one to one."""
     from tests.test_integration import cli
 
     base = ("experiment=smoke", f"paths.data={FIXTURE_DATA}", "eval.enabled=false", "logger.mode=disabled",
             "data.shard_size=4", "run_name=m")
-    root = tmp_path_factory.mktemp("methods")
-    methods = {"cream": (), "osp": ("pairs=osp",), "sppo": ("dpo.loss=sppo", "pairs.tau=1.0"),
-               # a random model never writes a parsable judgement: the likelihood casts the second vote
-               "scir": ("pairs=scir", "scir.judge=likelihood", "scir.penalty=0.5")}
     folders = {}
-    for name, overrides in methods.items():
+    for name, overrides in {"cream": (), **methods}.items():
         folder = root / name / "smoke" / "m"
         if name != "cream":
             shutil.copytree(folders["cream"], folder)
@@ -270,6 +268,14 @@ def runs(tmp_path_factory):
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
         folders[name] = folder
     return folders
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return run_methods(tmp_path_factory.mktemp("methods"), {
+        "osp": ("pairs=osp",), "sppo": ("dpo.loss=sppo", "pairs.tau=1.0"),
+        # a random model never writes a parsable judgement: the likelihood casts the second vote
+        "scir": ("pairs=scir", "scir.judge=likelihood", "scir.penalty=0.5")})
 
 
 def _jsonl(path):

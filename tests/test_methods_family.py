@@ -3,8 +3,6 @@ config on the tiny model, against CREAM on the same samples and rewards."""
 
 import json
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,7 +16,7 @@ from cream.methods.self_reference import Verdict, judge_text, pair_preference, r
 from cream.methods.upo import certainty_weight, dropout_active, mc_preference, most_certain
 from cream.registry import ADAPTIVE_SAMPLERS, FILTERS, REWARDERS
 from tests.conftest import FIXTURE_DATA
-from tests.test_methods import _jsonl, _key, _load, _loss_inputs, _metrics, _stage
+from tests.test_methods import _jsonl, _key, _load, _loss_inputs, _metrics, _stage, run_methods
 
 S1 = 0.7310585786300049  # sigmoid(1)
 
@@ -174,48 +172,19 @@ def test_plug_in_settings_are_refused_at_start_up(overrides, message):
         preflight.check(cfg)
 
 
-@pytest.mark.parametrize("experiment, expected", [
-    ("upo_smollm", {"pairs.filters": ["uncertainty"], "regularizer.name": "none", "upo.k": 8, "upo.site": "attention"}),
-    ("bstar_smollm", {"sampling.adaptive": "bstar", "pairs.filters": ["reward_threshold"], "sampling.n": 4}),
-    ("selfref_smollm", {"rewarder.name": "self_reference", "regularizer.name": "none", "pairs.filters": []}),
-])
-def test_presets_compose_over_cream_smollm_and_pass_preflight(experiment, expected):
-    cfg, base = _load([f"experiment={experiment}"]), _load(["experiment=cream_smollm"])
-    for key, value in expected.items():
-        section, name = key.split(".")
-        got = getattr(getattr(cfg, section), name)
-        assert getattr(got, "value", got) == value, key
-    assert (cfg.data, cfg.seed, cfg.iterations, cfg.model) == (base.data, base.seed, base.iterations, base.model)
-    preflight.check(cfg)
-
-
 # ---- each method through the config on the tiny model, against CREAM on the same samples ---------------------
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """CREAM on the smoke experiment, then each method resumed (`resume=force`) from a copy of its run folder."""
-    from tests.test_integration import cli
-
-    base = ("experiment=smoke", f"paths.data={FIXTURE_DATA}", "eval.enabled=false", "logger.mode=disabled",
-            "data.shard_size=4", "run_name=m")
-    root = tmp_path_factory.mktemp("family")
-    methods = {"cream": (),
-               "upo": ("pairs=uncertainty", "upo.k=3", "upo.keep=0.5", "upo.weighting=certainty"),
-               # the smoke's temperature only: the same samples as CREAM's, so the threshold alone makes the difference
-               "bstar": ("sampling=bstar", "pairs=reward_threshold", "bstar.temperatures=[0.8]",
-                         "bstar.thresholds=[-0.5,0.5]", "bstar.probe_prompts=2"),
-               # a random model puts almost no mass on the verdict tokens: every verdict counts
-               "selfref": ("rewarder=self_reference", "regularizer=none", "self_reference.min_mass=0", "self_reference.answer_tokens=6")}
-    folders = {}
-    for name, overrides in methods.items():
-        folder = root / name / "smoke" / "m"
-        if name != "cream":
-            shutil.copytree(folders["cream"], folder)
-        result = cli(*base, f"paths.runs={root / name}", *overrides, *(("resume=force",) if name != "cream" else ()))
-        assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
-        folders[name] = folder
-    return folders
+    return run_methods(tmp_path_factory.mktemp("family"), {
+        "upo": ("pairs=uncertainty", "upo.k=3", "upo.keep=0.5", "upo.weighting=certainty"),
+        # the smoke's temperature only: the same samples as CREAM's, so the threshold alone makes the difference
+        "bstar": ("sampling=bstar", "pairs=reward_threshold", "bstar.temperatures=[0.8]",
+                  "bstar.thresholds=[-0.5,0.5]", "bstar.probe_prompts=2"),
+        # a random model puts almost no mass on the verdict tokens: every verdict counts
+        "selfref": ("rewarder=self_reference", "regularizer=none", "self_reference.min_mass=0",
+                    "self_reference.answer_tokens=6")})
 
 
 def test_upo_keeps_the_most_certain_half_of_cremas_pairs_with_its_weights(runs, tiny_model_dir, tmp_path):
