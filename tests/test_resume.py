@@ -103,8 +103,11 @@ def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_
     assert (tmp_path / "smoke" / "ref" / "train.log").read_bytes() == old_log  # nothing appended to the old run's log
     forced = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=force", "dpo.beta=0.3")
     assert forced.returncode == 0, forced.stderr[-2000:]
-    # beta decides training only: sft, sample, reward, consistency and pairs are reused, train is redone
-    assert forced.stdout.count("complete, reusing") == 5 and "iter 1 train: computed from other settings" in forced.stdout
+    # beta decides training and the pairs stage's implicit-reward probabilities (SCIR, UPO): sft, sample, reward and
+    # consistency are reused, pairs and train are redone
+    assert forced.stdout.count("complete, reusing") == 4
+    assert "iter 1 pairs: computed from other settings" in forced.stdout
+    assert "iter 1 train: computed from other settings" in forced.stdout
     record = json.loads((tmp_path / "smoke" / "ref" / "run.json").read_text())
     assert record["config"]["dpo"]["beta"] == 0.3 and "dpo.beta: 0.1 -> 0.3" in record["forced"][0]["changes"]
 
