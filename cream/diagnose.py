@@ -134,21 +134,21 @@ def run_models(run_dir: Path, cfg: Config) -> list:
 
 
 def summary(diagnosis: dict) -> str:
-    """One line per rewarder: AUC, chosen-correct and inverted with their intervals, and AUC on each side of the median C."""
+    """One line per rewarder: AUC, chosen-correct and inverted with their intervals, and AUC on each side of the split of C."""
 
     def cell(e: dict) -> str:
         return "  n/a" if e["value"] is None else f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
 
     c = diagnosis["consistency"]
     lines = [f"{diagnosis['model']} vs {diagnosis['previous']}: {diagnosis['prompts']} prompts x {diagnosis['n']} responses, "
-             f"{diagnosis['confidence']:.0%} intervals; median C {c['median']} ({c['measure']}, "
+             f"{diagnosis['confidence']:.0%} intervals; C split at {c['threshold']} ({c['measure']}, "
              f"{c['current']['rewarder']} of {c['current']['model']} vs {c['previous']['rewarder']} of {c['previous']['model']})",
-             f"{'rewarder':>10}  {'AUC':>18}  {'chosen correct':>18}  {'inverted':>18}  {'AUC C>median':>18}  "
-             f"{'AUC C<=median':>18}  {'seconds':>7}  {'cpu s':>7}"]
+             f"{'rewarder':>10}  {'AUC':>18}  {'chosen correct':>18}  {'inverted':>18}  {'AUC C high':>18}  "
+             f"{'AUC C low':>18}  {'seconds':>7}  {'cpu s':>7}"]
     for name, r in diagnosis["rewarders"].items():
         lines.append(f"{name:>10}  {cell(r['all']['auc']):>18}  {cell(r['all']['chosen_correct']):>18}  "
-                     f"{cell(r['all']['inverted']):>18}  {cell(r['c_above_median']['auc']):>18}  "
-                     f"{cell(r['c_at_or_below_median']['auc']):>18}  {r['seconds']:7.1f}  {r['cpu_seconds']:7.1f}")
+                     f"{cell(r['all']['inverted']):>18}  {cell(r['c_high']['auc']):>18}  "
+                     f"{cell(r['c_low']['auc']):>18}  {r['seconds']:7.1f}  {r['cpu_seconds']:7.1f}")
     first = next(iter(diagnosis["rewarders"].values()))
     lines.append(f"prompts with a correct response: {cell(first['all']['any_correct'])}; seconds (cpu): "
                  + ", ".join(f"{k} {v:.0f} ({diagnosis['cpu_seconds'][k]:.0f})" for k, v in diagnosis["seconds"].items()))

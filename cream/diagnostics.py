@@ -62,7 +62,7 @@ RATES = {
     "inverted": ("inverted", "pairs"),  # chosen wrong and rejected correct: the pair teaches the wrong answer
     "any_correct": ("any_correct", "prompts"),  # some response is correct: there was a right answer to prefer
 }
-GROUPS = ("all", "c_above_median", "c_at_or_below_median")
+GROUPS = ("all", "c_high", "c_low")
 
 
 @dataclass(frozen=True)
@@ -96,14 +96,21 @@ def prompt_counts(outcome: PromptOutcome) -> list[float]:
 
 
 def consistency_split(consistency: Sequence[Optional[float]]) -> tuple[float, np.ndarray, np.ndarray]:
-    """The median C of the prompts where it was measured, and the masks of the prompts above it and at or
-    below it. A prompt without C is in neither; with no C at all the median is NaN and both are empty."""
+    """The threshold t that best halves the prompts where C was measured, and the masks of the prompts with
+    C >= t (high) and C < t (low). Not the median: C is often tied (a 135M model's C is 1 on most prompts),
+    and a median split then leaves one side empty. Among equally balanced thresholds the higher one wins, so
+    the high side is the stricter. All C equal: high is empty. A prompt without C is in neither side; with no
+    C at all t is NaN and both are empty."""
     measured = np.array([c is not None for c in consistency], dtype=bool)
     values = np.array([np.nan if c is None else c for c in consistency], dtype=float)
     if not measured.any():
         return float("nan"), measured, measured
-    median = float(np.median(values[measured]))
-    return median, measured & (values > median), measured & (values <= median)
+    distinct = np.unique(values[measured])
+    if distinct.size == 1:
+        return float(distinct[0]), np.zeros_like(measured), measured
+    half = measured.sum() / 2
+    threshold = float(min(distinct[1:], key=lambda t: (abs((values[measured] >= t).sum() - half), -t)))
+    return threshold, measured & (values >= threshold), measured & (values < threshold)
 
 
 def _rates(sums: np.ndarray) -> dict[str, np.ndarray]:
@@ -126,17 +133,17 @@ def _interval(draws: np.ndarray, tail: float) -> tuple[float, float]:
 
 def diagnose_rewarder(outcomes: Sequence[PromptOutcome], consistency: Sequence[Optional[float]], resamples: int,
                       seed: int, level: float) -> dict:
-    """Every rate of `RATES` with its interval on all prompts and on each side of the median C, and the
-    difference above minus at-or-below the median.
+    """Every rate of `RATES` with its interval on all prompts and on each side of the split of C
+    (`consistency_split`), and the difference high minus low.
 
     Intervals are percentiles of `resamples` bootstrap resamples of the prompts (with replacement, seeded):
     the same resamples give every group and the difference, and the same seed gives every rewarder the
-    same resamples. The median is that of the observed prompts; a resample keeps each prompt's side.
+    same resamples. The threshold is that of the observed prompts; a resample keeps each prompt's side.
     """
     if len(outcomes) != len(consistency):
         raise ValueError(f"{len(outcomes)} prompts but {len(consistency)} consistencies")
-    median, above, below = consistency_split(consistency)
-    masks = {"all": np.ones(len(outcomes), dtype=bool), "c_above_median": above, "c_at_or_below_median": below}
+    threshold, high, low = consistency_split(consistency)
+    masks = {"all": np.ones(len(outcomes), dtype=bool), "c_high": high, "c_low": low}
     counts = np.array([prompt_counts(o) for o in outcomes], dtype=float).reshape(len(outcomes), len(COUNTS))
     n = len(outcomes)
     # weights[b, j]: how often resample b drew prompt j
@@ -144,16 +151,16 @@ def diagnose_rewarder(outcomes: Sequence[PromptOutcome], consistency: Sequence[O
     tail = (1 - level) / 2 * 100
     observed = {g: _rates(counts[m].sum(axis=0)) for g, m in masks.items()}
     drawn = {g: _rates(weights[:, m] @ counts[m]) for g, m in masks.items()}
-    result: dict = {"median_consistency": median}
+    result: dict = {"consistency_threshold": threshold}
     for group, mask in masks.items():
         sums = dict(zip(COUNTS, counts[mask].sum(axis=0).astype(int).tolist()))
         result[group] = {
             "prompts": sums["prompts"], "pairs": sums["pairs"], "comparisons": sums["comparisons"],
             **{rate: Estimate(float(observed[group][rate]), *_interval(drawn[group][rate], tail)) for rate in RATES},
         }
-    result["above_minus_below"] = {
-        rate: Difference(float(observed["c_above_median"][rate] - observed["c_at_or_below_median"][rate]),
-                         *_interval(drawn["c_above_median"][rate] - drawn["c_at_or_below_median"][rate], tail), level)
+    result["high_minus_low"] = {
+        rate: Difference(float(observed["c_high"][rate] - observed["c_low"][rate]),
+                         *_interval(drawn["c_high"][rate] - drawn["c_low"][rate], tail), level)
         for rate in RATES
     }
     return result

@@ -4,7 +4,6 @@ import json
 import math
 import re
 
-import numpy as np
 import pytest
 
 from cream.config import (AgreementMeasure, Config, DataConfig, DiagnoseConfig, JudgeConfig, ModelConfig, ModelSource,
@@ -49,34 +48,38 @@ def test_prompt_counts(outcome, counts):
     assert prompt_counts(outcome) == counts
 
 
-@pytest.mark.parametrize("consistency, median, above, below", [
-    ([0.2, 0.5, None, 0.9, 0.5], 0.5, [0, 0, 0, 1, 0], [1, 1, 0, 0, 1]),  # the median itself goes below
-    ([0.5, 0.5], 0.5, [0, 0], [1, 1]),  # all equal: nothing above
+@pytest.mark.parametrize("consistency, threshold, above, below", [
+    # 0.5 and 0.9 halve the four measured prompts equally well (3:1, 1:3): the higher threshold wins
+    ([0.2, 0.5, None, 0.9, 0.5], 0.9, [0, 0, 0, 1, 0], [1, 1, 0, 0, 1]),
+    ([0.2, 0.5, 0.9, 1.0], 0.9, [0, 0, 1, 1], [1, 1, 0, 0]),  # two and two
+    # C tied at 1 on most prompts (the 135M model): a median split would leave the high side empty
+    ([1.0, 1.0, 1.0, 0.3, 0.6], 1.0, [1, 1, 1, 0, 0], [0, 0, 0, 1, 1]),
+    ([0.5, 0.5], 0.5, [0, 0], [1, 1]),  # all equal: nothing high
     ([None, None], nan, [0, 0], [0, 0]),  # never measured: in neither
     ([], nan, [], []),
 ])
-def test_consistency_split(consistency, median, above, below):
-    m, a, b = consistency_split(consistency)
-    assert same(m, median) and a.tolist() == [bool(x) for x in above] and b.tolist() == [bool(x) for x in below]
+def test_consistency_split(consistency, threshold, above, below):
+    t, a, b = consistency_split(consistency)
+    assert same(t, threshold) and a.tolist() == [bool(x) for x in above] and b.tolist() == [bool(x) for x in below]
 
 
 # Four prompts by hand:            wins comparisons pair   chosen  inverted any  C
 TABLE = [
     (PromptOutcome([3.0, 1.0, 2.0], [True, False, False], (0, 1)), 0.9),  # 2  2  yes  right  no   yes  above
     (PromptOutcome([1.0, 2.0], [True, False], (1, 0)), 0.1),  #              0  1  yes  wrong  yes  yes  below
-    (PromptOutcome([1.0, 1.0], [True, False], None), 0.5),  #                .5 1  no   -      -    yes  below (median)
+    (PromptOutcome([1.0, 1.0], [True, False], None), 0.5),  #                .5 1  no   -      -    yes  low
     (PromptOutcome([2.0, 1.0], [False, False], (0, 1)), None),  #            0  0  yes  wrong  no   no   unmeasured
 ]
 
 
 @pytest.mark.parametrize("group, prompts, pairs, auc, chosen_correct, inverted, any_correct", [
     ("all", 4, 3, 2.5 / 4, 1 / 3, 1 / 3, 3 / 4),  # AUC pools comparisons: 2.5 wins of 4
-    ("c_above_median", 1, 1, 1.0, 1.0, 0.0, 1.0),
-    ("c_at_or_below_median", 2, 1, 0.5 / 2, 0.0, 1.0, 1.0),
+    ("c_high", 1, 1, 1.0, 1.0, 0.0, 1.0),
+    ("c_low", 2, 1, 0.5 / 2, 0.0, 1.0, 1.0),
 ])
 def test_diagnosis_by_hand(group, prompts, pairs, auc, chosen_correct, inverted, any_correct):
     result = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=500, seed=0, level=0.95)
-    assert result["median_consistency"] == 0.5
+    assert result["consistency_threshold"] == 0.9
     g = result[group]
     assert (g["prompts"], g["pairs"]) == (prompts, pairs)
     for rate, expected in [("auc", auc), ("chosen_correct", chosen_correct), ("inverted", inverted),
@@ -87,7 +90,7 @@ def test_diagnosis_by_hand(group, prompts, pairs, auc, chosen_correct, inverted,
 
 def test_the_split_difference_by_hand():
     result = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=500, seed=0, level=0.95)
-    diff = result["above_minus_below"]
+    diff = result["high_minus_low"]
     assert diff["auc"].diff == pytest.approx(1.0 - 0.25) and diff["chosen_correct"].diff == 1.0
     assert diff["inverted"].diff == -1.0 and diff["any_correct"].diff == 0.0
     assert diff["auc"].low <= diff["auc"].diff <= diff["auc"].high and diff["auc"].level == 0.95
@@ -108,19 +111,19 @@ def test_intervals_resample_prompts():
 def test_seeded():
     a = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=200, seed=3, level=0.95)
     b = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=200, seed=3, level=0.95)
-    assert a["all"] == b["all"] and a["above_minus_below"] == b["above_minus_below"]
+    assert a["all"] == b["all"] and a["high_minus_low"] == b["high_minus_low"]
 
 
 def test_an_empty_split_and_undefined_rates_are_nan():
     outcomes = [PromptOutcome([1.0, 2.0], [False, False], None)] * 2  # no pair, no comparison
     result = diagnose_rewarder(outcomes, [0.5, 0.5], resamples=100, seed=0, level=0.95)
-    assert result["c_above_median"]["prompts"] == 0  # every C equals the median
-    for group in ("all", "c_above_median"):
+    assert result["c_high"]["prompts"] == 0  # every C is equal: no split
+    for group in ("all", "c_high"):
         for rate in ("auc", "chosen_correct", "inverted"):
             e = result[group][rate]
             assert math.isnan(e.value) and math.isnan(e.low) and math.isnan(e.high)
-    assert result["all"]["any_correct"].value == 0.0 and math.isnan(result["c_above_median"]["any_correct"].value)
-    assert math.isnan(result["above_minus_below"]["any_correct"].diff)
+    assert result["all"]["any_correct"].value == 0.0 and math.isnan(result["c_high"]["any_correct"].value)
+    assert math.isnan(result["high_minus_low"]["any_correct"].diff)
     nothing = diagnose_rewarder([], [], resamples=10, seed=0, level=0.95)
     assert nothing["all"]["prompts"] == 0 and math.isnan(nothing["all"]["auc"].value)
     with pytest.raises(ValueError, match="2 prompts but 1"):
@@ -250,8 +253,8 @@ def test_the_stage_reports_what_its_responses_are(tiny_model_dir, tmp_path):
     assert oracle["any_correct"]["value"] == 0.75
 
     # C: the run's rewarder (implicit, M2 vs M0) against M1's ranking, as the loop measures it
-    median = float(np.median([s["consistency"] for s in scores]))
-    assert diagnosis["consistency"]["median"] == pytest.approx(median)
+    threshold = consistency_split([s["consistency"] for s in scores])[0]
+    assert diagnosis["consistency"]["threshold"] == pytest.approx(threshold)
     for s in scores:
         ranked = s["consistency_rankings"]
         assert s["consistency"] == pytest.approx(prompt_consistency(ranked["current"], ranked["previous"], AgreementMeasure.kendall))
@@ -268,9 +271,9 @@ def test_the_stage_reports_what_its_responses_are(tiny_model_dir, tmp_path):
             value = expected[f"reward_accuracy/{rate}"]
             assert got["all"][rate]["value"] == (None if math.isnan(value) else pytest.approx(value)), (name, rate)
             assert same(result.metrics[f"diagnose/{name}/{rate}"], value)
-        above = [s for s in scores if s["consistency"] > median]
-        assert got["c_above_median"]["prompts"] == len(above)
-        assert got["c_at_or_below_median"]["prompts"] == 4 - len(above)
+        above = [s for s in scores if s["consistency"] >= threshold]
+        assert got["c_high"]["prompts"] == len(above)
+        assert got["c_low"]["prompts"] == 4 - len(above)
         assert got["seconds"] >= 0 and got["cpu_seconds"] >= 0
     assert diagnosis["rewarders"]["judge"]["stats"]["judge/judgements"] == 12  # the tiny model's judgements
     assert (stage_dir / "diagnose.png").read_bytes()[:4] == b"\x89PNG"

@@ -141,14 +141,14 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
             row["rewards"][name.value], row["pairs"][name.value] = r, p
     diagnosis["consistency"] = {"current": _spec_json(current), "previous": _spec_json(previous),
                                 "measure": cfg.regularizer.measure.value, "measured_prompts": len(measured),
-                                "median": consistency_split(consistency)[0]}
+                                "threshold": consistency_split(consistency)[0]}
     diagnosis["seconds"], diagnosis["cpu_seconds"] = clock.wall, clock.cpu
     for row, c, ours, theirs in zip(scores_rows, consistency, scores_of(current)[0], scores_of(previous)[0]):
         row["consistency"], row["consistency_rankings"] = c, {"current": ours, "previous": theirs}
     write_jsonl(stage_dir / SCORES, scores_rows)
     write_json(stage_dir / DIAGNOSIS, diagnosis)
     plot(stage_dir / FIGURE, diagnosis)
-    metrics = {"diagnose/prompts": len(rows), "diagnose/consistency_median": diagnosis["consistency"]["median"],
+    metrics = {"diagnose/prompts": len(rows), "diagnose/consistency_threshold": diagnosis["consistency"]["threshold"],
                "diagnose/any_correct": next(iter(diagnosis["rewarders"].values()))["all"]["any_correct"]["value"]}
     for name, result in diagnosis["rewarders"].items():
         for group in GROUPS:
@@ -165,15 +165,14 @@ def _plain(result: dict) -> dict:
             for k, v in result.items()}
 
 
-GROUP_LABELS = {"all": "all prompts", "c_above_median": "C > median", "c_at_or_below_median": "C <= median"}
-
-
 def plot(path: Path, diagnosis: dict) -> None:
-    """Per rewarder, AUC and chosen-correct with their intervals, on all prompts and on each side of the median C."""
+    """Per rewarder, AUC and chosen-correct with their intervals, on all prompts and on each side of the split of C."""
     import numpy as np
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
 
     names = list(diagnosis["rewarders"])
+    t = diagnosis["consistency"]["threshold"]
+    labels = {"all": "all prompts", "c_high": f"C >= {t:.2f}", "c_low": f"C < {t:.2f}"}
     fig = Figure(figsize=(4.5 + 1.2 * len(names), 4.2), layout="constrained")
     panels = [("auc", "AUC: a correct response outranks a wrong one", 0.5, "chance"),
               ("chosen_correct", "the pair's chosen response is correct", diagnosis["correct_response_share"],
@@ -185,7 +184,7 @@ def plot(path: Path, diagnosis: dict) -> None:
             values = np.array([e["value"] for e in estimates], dtype=float)  # NaN (no pair) plots as a gap
             errors = np.nan_to_num(np.array([[e["value"] - e["low"], e["high"] - e["value"]] for e in estimates]).T)
             ax.bar(np.arange(len(names)) + (k - 1) * width, values, width, yerr=errors, capsize=3, color=f"C{k}",
-                   label=f"{GROUP_LABELS[group]} ({diagnosis['rewarders'][names[0]][group]['prompts']} prompts)")
+                   label=f"{labels[group]} ({diagnosis['rewarders'][names[0]][group]['prompts']} prompts)")
         ax.axhline(baseline, color="grey", linestyle="--", linewidth=1, label=baseline_label)
         ax.set_xticks(np.arange(len(names)), names)
         ax.set_ylim(0, 1)
