@@ -114,12 +114,10 @@ def run_models(run_dir: Path, cfg: Config) -> list:
     from cream.artifacts import MANIFEST, is_complete, read_json
     from cream.errors import ConfigError
     from cream.models import ModelRef, resolve_model_dir
+    from cream.run_folder import stored_model
 
     def trained(stage_dir: Path) -> ModelRef:
-        stored = read_json(stage_dir / MANIFEST)["artifacts"]["model"]["model"]
-        # paths inside the run folder are stored relative to it ("run:<path>"), as cream.run_folder writes them
-        inside = {k: str(run_dir / v[len("run:"):]) if v and v.startswith("run:") else v for k, v in stored.items()}
-        return ModelRef(inside["name"], inside["base"], inside["adapter"])
+        return stored_model(run_dir, read_json(stage_dir / MANIFEST)["artifacts"]["model"]["model"])
 
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
     if not cfg.sft.enabled:

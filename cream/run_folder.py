@@ -104,10 +104,15 @@ class RunFolder:
         return {"name": ref.name, "base": rel(ref.base), "adapter": rel(ref.adapter)}
 
     def model(self, stored: dict) -> ModelRef:
-        def absolute(path: Optional[str]) -> Optional[str]:
-            return str(self.dir / path[len(_IN_RUN):]) if path and path.startswith(_IN_RUN) else path
+        return stored_model(self.dir, stored)
 
-        return ModelRef(stored["name"], absolute(stored["base"]), absolute(stored["adapter"]))
+
+def stored_model(run_dir: Path, stored: dict) -> ModelRef:
+    """A model as a manifest stores it, its paths inside the run folder made absolute again."""
+    def absolute(path: Optional[str]) -> Optional[str]:
+        return str(Path(run_dir) / path[len(_IN_RUN):]) if path and path.startswith(_IN_RUN) else path
+
+    return ModelRef(stored["name"], absolute(stored["base"]), absolute(stored["adapter"]))
 
 
 def outputs_digest(stage_dir: Path) -> str:
