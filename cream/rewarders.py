@@ -39,15 +39,25 @@ class RewardSpec:
 
 @dataclass(frozen=True)
 class RewardInputs:
-    """What a rewarder may use beyond the log-probs: the judge's settings, the model pool and the stage folder."""
+    """What a rewarder may use beyond the log-probs: the run's configuration (a plug-in's own keys too), the
+    model pool, the seed and the stage folder."""
 
-    judge: JudgeConfig
-    engine: SamplingConfig
+    config: Config
     pool: ModelPool
-    max_length: int
     seed: int
     stage_dir: Path
-    config: Config  # the run's configuration: a plug-in rewarder's own keys (self_reference.*)
+
+    @property
+    def judge(self) -> JudgeConfig:
+        return self.config.judge
+
+    @property
+    def engine(self) -> SamplingConfig:  # the sampling backend and dtype a judge generates with
+        return self.config.sampling
+
+    @property
+    def max_length(self) -> int:
+        return self.config.model.max_length
 
 
 def rewarder_spec(cfg: Config, models: list[ModelRef], k: int, name: RewarderName) -> RewardSpec:
@@ -85,7 +95,7 @@ def spec_scores(spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, li
 
     `logps` holds, per model name, the summed log-prob of every response of `rows`, flattened in order.
     """
-    inputs = RewardInputs(config.judge, config.sampling, pool, config.model.max_length, seed, Path(stage_dir), config)
+    inputs = RewardInputs(config, pool, seed, Path(stage_dir))
     return REWARDERS.get(spec.rewarder).scores(spec, rows, logps, inputs)
 
 
