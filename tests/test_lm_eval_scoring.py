@@ -6,7 +6,8 @@ import torch
 from cream.artifacts import read_json, read_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.evaluation import evaluate_model
-from cream.lm_eval_scoring import plan_batches, scoring_window
+from cream.lm_eval_scoring import plan_batches, primers, scoring_window
+from cream.scoring import suffix_chunks
 
 MC_TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "truthfulqa"]
 
@@ -23,7 +24,45 @@ def test_scoring_window_truncates_the_context_from_the_left():
 def test_plan_batches_groups_contexts_and_drops_duplicates():
     seqs = [((1, 2, 3), (7,)), ((1,), (8,)), ((1, 2, 3), (9, 9)), ((1, 2, 3), (7,)), ((4, 5), (6,))]
     batches = plan_batches(seqs, batch_size=2)
-    assert batches == [[((1,), [(8,)]), ((4, 5), [(6,)])], [((1, 2, 3), [(7,), (9, 9)])]]
+    assert batches == [((), [((1,), [(8,)]), ((4, 5), [(6,)])]), ((), [((1, 2, 3), [(7,), (9, 9)])])]
+
+
+def test_plan_batches_keeps_a_primer_s_contexts_together():
+    seqs = [((1, 2, 3, 4), (7,)), ((9,), (8,)), ((1, 2, 3, 5, 5), (6,)), ((1, 2, 6), (6,))]
+    batches = plan_batches(seqs, batch_size=8, min_primer=3)
+    assert batches == [((), [((9,), [(8,)]), ((1, 2, 6), [(6,)])]),
+                       ((1, 2, 3), [((1, 2, 3, 4), [(7,)]), ((1, 2, 3, 5, 5), [(6,)])])]
+
+
+@pytest.mark.parametrize("contexts, primer_of", [
+    ([(1, 2, 3, 4), (1, 2, 3, 5)], {(1, 2, 3, 4): (1, 2, 3), (1, 2, 3, 5): (1, 2, 3)}),
+    ([(1, 2, 3, 4), (1, 2, 9, 5)], {(1, 2, 3, 4): (), (1, 2, 9, 5): ()}),  # 2 shared tokens: too few
+    ([(1, 2, 3, 4)], {(1, 2, 3, 4): ()}),  # nothing to share with
+    # one context is the other's start: the primer leaves it one token of its own
+    ([(1, 2, 3), (1, 2, 3, 4, 5)], {(1, 2, 3): (), (1, 2, 3, 4, 5): ()}),
+    ([(1, 2, 3, 4), (1, 2, 3, 4, 5), (1, 2, 3, 4, 6)], {c: (1, 2, 3) for c in [(1, 2, 3, 4), (1, 2, 3, 4, 5), (1, 2, 3, 4, 6)]}),
+    # two runs, each with its own primer; the run of one context gets none
+    ([(1, 2, 3, 7), (5, 5, 5, 1), (1, 2, 3, 8), (5, 5, 5, 2), (6, 6)],
+     {(1, 2, 3, 7): (1, 2, 3), (1, 2, 3, 8): (1, 2, 3), (5, 5, 5, 1): (5, 5, 5), (5, 5, 5, 2): (5, 5, 5), (6, 6): ()}),
+])
+def test_primers(contexts, primer_of):
+    assert primers(contexts, min_tokens=3) == primer_of
+
+
+@pytest.mark.parametrize("lengths, chunks", [
+    ([3, 3, 3], [[0, 1, 2]]),
+    ([2, 20, 2, 2], [[0, 2, 3], [1]]),  # the long one alone: 4 x 20 would be 3x the 26 tokens
+    ([4, 5, 4], [[0, 2, 1]]),  # 3 x 5 = 15 <= 1.25 x 13
+    ([1, 2, 4, 8], [[0], [1], [2], [3]]),
+    ([], []),
+])
+def test_suffix_chunks(lengths, chunks):
+    assert suffix_chunks(lengths, min_tokens=0) == chunks
+
+
+def test_suffix_chunks_split_only_chunks_worth_a_forward():
+    assert suffix_chunks([2, 20, 2, 2], min_tokens=8) == [[0, 2, 3, 1]]  # 6 tokens: too few to run alone
+    assert suffix_chunks([2] * 4 + [20], min_tokens=8) == [[0, 1, 2, 3], [4]]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +93,22 @@ def test_loglikelihood_equals_stock_hf(models):
     assert [g for _, g in got] == [g for _, g in want]
     assert [v for v, _ in got] == pytest.approx([v for v, _ in want], abs=1e-4)
     assert got[0] == got[3]  # a repeated request gets the same value
+
+
+def test_loglikelihood_with_a_primer_equals_stock_hf(models):
+    """Contexts sharing a few-shot preamble (encoded once) and options of very different lengths (chunks)."""
+    ours, stock = models
+    preamble = "".join(f"Q: What is {n} plus {n}?\nA: It is {2 * n}.\n\n" for n in range(1, 6))
+    texts = [(preamble + "Q: What is the colour of the sky?\nA:", " Blue."),
+             (preamble + "Q: What is the colour of the sky?\nA:", " It is blue on a clear day, and grey under clouds."),
+             (preamble + "Q: Where is Paris?\nA:", " France."),
+             (preamble + "Q: Where is Paris?\nA:", " In the north of France, on the Seine, about 450 km from the sea."),
+             ("Q: Unrelated?\nA:", " Yes.")]
+    contexts = [tuple(ours.tok_encode(c)) for c, _ in texts]
+    assert len(set(primers(contexts).values()) - {()}) == 1  # the preamble is shared
+    got, want = ours.loglikelihood(_requests(texts)), stock.loglikelihood(_requests(texts))
+    assert [g for _, g in got] == [g for _, g in want]
+    assert [v for v, _ in got] == pytest.approx([v for v, _ in want], abs=1e-4)
 
 
 def test_is_greedy_equals_stock_hf(models):
