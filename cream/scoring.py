@@ -1,24 +1,34 @@
 """The scoring kernel: summed log-probs of responses given their prompts, each prompt encoded once.
 
+A prompt and its responses run as one packed row: the responses side by side after the prompt, each
+attending to the prompt and to itself only (a block mask) and placed at the positions it would have right
+after the prompt. Each response token thus costs one forward position, the prompt one per batch, and rows
+are padded only to the longest packed row. A preamble many prompts start with (a fixed few-shot primer)
+is encoded once, its KV cache under every row. The LM head runs only where a response token is predicted.
+
 The reward stage's log-probs come from here, and with them the DPO reference log-probs of chosen and
-rejected; the fused log-prob head is the one the DPO trainer uses, so both compute alike.
+rejected; so do lm-eval's log-likelihood requests (`cream.lm_eval_scoring`).
 """
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from cream.errors import StageError
+from cream.errors import ModelError, StageError
 
-# A chunk of responses runs as one rectangle: a longer response starts a new chunk where it would pad the
-# chunk's area beyond this multiple of its tokens (lm-eval's options differ in length up to tenfold), once
-# the chunk holds enough tokens to be worth a forward of its own (each streams all the weights).
-SUFFIX_PADDING_SLACK = 1.25
-SUFFIX_CHUNK_MIN_TOKENS = 128
+# Prompts sharing this many first tokens (TruthfulQA's 6-shot preamble: 172) encode them once for all batches.
+PRIMER_MIN_TOKENS = 32
+HEAD_TILE = 1024  # predicted positions per LM-head product: bounds the logits held at once
+
+Sequence = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt tokens, response tokens)
+Group = tuple[tuple[int, ...], list[tuple[int, ...]]]  # a prompt and its distinct responses: one packed row
+Batch = tuple[tuple[int, ...], list[Group]]  # (the primer its prompts share, or (); its groups)
 
 
 def distinct_count(sequences: list[tuple[list[int], list[int]]]) -> int:
@@ -26,67 +36,79 @@ def distinct_count(sequences: list[tuple[list[int], list[int]]]) -> int:
     return len({(tuple(p), tuple(r)) for p, r in sequences})
 
 
-def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, desc: str,
-                      share_prompts: bool = True) -> list[float]:
-    """Summed log-probs of each response given its prompt; prompt and padding masked out.
+def _common_length(a: tuple[int, ...], b: tuple[int, ...]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
-    Each prompt but its last token is encoded once per batch, its KV cache repeated for its
-    responses; then the last prompt token and each response run on top of it. With `share_prompts`
-    the responses of a prompt share that encoding (the prompt is over half of each sequence in the
-    default run); without, every sequence encodes its own prompt: the work of whole-sequence scoring.
-    Batches of about `batch_size` responses in prompt-length order; results in input order.
 
-    Each distinct (prompt, response) is scored once and its value shared: the same sequence in two
-    batch rows would get log-probs a few 1e-6 apart, an order that Kendall's tie rule would count.
-    """
-    groups: dict[tuple[int, ...], list[int]] = {}  # prompt -> its distinct responses' indices
-    first: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
-    shared_from = list(range(len(sequences)))  # the index whose value each sequence takes
-    for i, (prompt, response) in enumerate(sequences):
-        if len(prompt) < 2:
-            raise StageError(f"sequence {i}: a prompt of {len(prompt)} token(s); scoring needs at least 2")
-        key = (tuple(prompt), tuple(response))
-        if key in first:
-            shared_from[i] = first[key]
+def primers(prompts: list[tuple[int, ...]], min_tokens: int = PRIMER_MIN_TOKENS) -> dict[tuple[int, ...], tuple[int, ...]]:
+    """Each prompt's primer: the first tokens it shares with other prompts (a few-shot preamble), when at least
+    `min_tokens` long; `()` for none. In sorted order the prompts that share a primer are neighbours: a run of
+    neighbours sharing `min_tokens` gets the tokens all of them share, leaving each at least one of its own."""
+    ordered = sorted(set(prompts))
+    result: dict[tuple[int, ...], tuple[int, ...]] = {}
+    run = ordered[:1]
+    for previous, prompt in zip(ordered, ordered[1:] + [()]):
+        if prompt and _common_length(previous, prompt) >= min_tokens:
+            run.append(prompt)
             continue
-        first[key] = i
-        groups.setdefault(tuple(prompt) if share_prompts else (i, *prompt), []).append(i)
-    batches, current = [], []
-    for key in sorted(groups, key=len):  # whole groups per batch, about batch_size responses each
-        current.append(key)
-        if sum(len(groups[k]) for k in current) >= batch_size:
-            batches.append(current)
-            current = []
-    batches += [current] if current else []
-    result = [0.0] * len(sequences)
-    for batch in tqdm(batches, desc=desc, unit="batch"):
-        members = [i for key in batch for i in groups[key]]
-        prompts = [sequences[groups[key][0]][0] for key in batch]
-        owner = [g for g, key in enumerate(batch) for _ in groups[key]]
-        values = _score_batch(model, prompts, owner, [sequences[i][1] for i in members], pad_id)
-        for i, value in zip(members, values):
-            result[i] = value
-    return [result[j] for j in shared_from]
+        shared = min((_common_length(a, b) for a, b in zip(run, run[1:])), default=0)
+        shared = min(shared, min(len(p) for p in run) - 1)
+        primer = run[0][:shared] if shared >= min_tokens else ()
+        result.update((p, primer) for p in run)
+        run = [prompt]
+    return result
 
 
-def _score_batch(model, prompts: list[list[int]], owner: list[int], responses: list[list[int]], pad_id: int) -> list[float]:
-    """Summed log-probs of `responses[j]` after `prompts[owner[j]]`, from the fused log-prob head."""
-    values = [0.0] * len(responses)
-    for rows, out in shared_prefix_forward(model, prompts, owner, responses, pad_id, fused_log_probs=True):
-        for j, value in zip(rows, out.log_probs.float().sum(dim=1).tolist()):
-            values[j] = value
-    return values
+def plan_batches(sequences: list[Sequence], batch_size: int, min_primer: int = PRIMER_MIN_TOKENS,
+                 share_prompts: bool = True) -> list[Batch]:
+    """Distinct sequences grouped by prompt, whole groups per batch of about `batch_size` responses, the
+    prompts of a batch sharing its primer (`primers`), in packed-row-length order. Without `share_prompts`
+    each sequence is a group of its own and nothing is shared: the work of whole-sequence scoring."""
+    groups: dict[tuple, tuple[tuple[int, ...], dict[tuple[int, ...], None]]] = {}
+    for i, (prompt, response) in enumerate(sequences):
+        if not prompt:
+            raise StageError(f"sequence {i}: an empty prompt; scoring needs at least one token before the response")
+        key = prompt if share_prompts else (prompt, response)
+        groups.setdefault(key, (prompt, {}))[1][response] = None  # a dict keeps first-seen order, no duplicates
+    primer_of = primers([p for p, _ in groups.values()], min_primer) if share_prompts else {}
+    by_primer: dict[tuple[int, ...], list[Group]] = {}
+    for prompt, responses in groups.values():
+        by_primer.setdefault(primer_of.get(prompt, ()), []).append((prompt, list(responses)))
+    batches = []
+    for primer in sorted(by_primer):
+        current, size = [], 0
+        for group in sorted(by_primer[primer], key=lambda g: len(g[0]) + sum(map(len, g[1]))):
+            current.append(group)
+            size += len(group[1])
+            if size >= batch_size:
+                batches.append((primer, current))
+                current, size = [], 0
+        batches += [(primer, current)] if current else []
+    return batches
 
 
 def _backbone(model):
-    """The transformer under the LM head (adapters included), for the prefix pass."""
+    """The transformer under the LM head (adapters included)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(base, getattr(base, "base_model_prefix", "model"))
 
 
+def _head(model):
+    """The LM head, for models whose logits are its product alone."""
+    text = model.config.get_text_config()
+    if getattr(text, "final_logit_softcapping", None) or getattr(text, "logit_scale", None) not in (None, 1, 1.0):
+        raise ModelError(f"{type(model).__name__}: scaled or soft-capped logits are not supported by cream.scoring")
+    return model.get_output_embeddings()
+
+
 @dataclass(frozen=True)
 class Primer:
-    """Tokens every prompt of a batch starts with (a few-shot preamble), encoded once for many batches."""
+    """Tokens every prompt of a batch starts with, encoded once for many batches."""
 
     tokens: tuple[int, ...]
     cache: DynamicCache  # their keys and values, one row
@@ -99,75 +121,93 @@ def encode_primer(model, tokens: tuple[int, ...]) -> Primer:
         return Primer(tuple(tokens), _backbone(model)(input_ids=ids, use_cache=True).past_key_values)
 
 
-def _cache_rows(cache: DynamicCache, rows: torch.Tensor, config) -> DynamicCache:
-    """A new cache holding `rows` of `cache` (which stays as it is, to be selected from again)."""
-    return DynamicCache(ddp_cache_data=[(keys[rows], values[rows]) for keys, values, *_ in cache], config=config)
-
-
-def suffix_chunks(lengths: list[int], slack: float = SUFFIX_PADDING_SLACK,
-                  min_tokens: int = SUFFIX_CHUNK_MIN_TOKENS) -> list[list[int]]:
-    """Row indices in chunks of similar length: rows by length, a new chunk where the next row would pad the
-    chunk's area (rows x longest) beyond `slack` times its tokens, if it has `min_tokens` already."""
-    chunks, tokens = [], 0
-    for j in sorted(range(len(lengths)), key=lengths.__getitem__):
-        if chunks and tokens >= min_tokens and (len(chunks[-1]) + 1) * lengths[j] > slack * (tokens + lengths[j]):
-            chunks.append([])
-            tokens = 0
-        if not chunks:
-            chunks.append([])
-        chunks[-1].append(j)
-        tokens += lengths[j]
-    return chunks
-
-
-def shared_prefix_forward(model, prompts: list[list[int]], owner: list[int], responses: list[list[int]], pad_id: int,
-                          fused_log_probs: bool = False, primer: Primer | None = None):
-    """The model's output over each `responses[j]` preceded by the last token of `prompts[owner[j]]`, attending
-    to one KV cache per prompt. A list of `(rows, output)`, one per chunk of responses of similar length:
-    position i of output row k predicts `responses[rows[k]][i]`: `.logits`, or with `fused_log_probs` only
-    the log-probs of those tokens (`.log_probs`, the DPO trainer's head).
-
-    One pass over the prompts but their last token (left-padded, so each ends at the last cache slot; none
-    for one-token prompts), on top of the `primer`'s cache when every prompt starts with its tokens (and is
-    longer); then one pass per chunk of responses, so short responses are not padded to the longest.
-    """
+def packed_hidden(model, groups: list[Group], pad_id: int, primer: Primer | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The backbone's hidden state at each position that predicts a response token, and that token: one
+    row per token of the groups' responses, in order. Each group is one row: its prompt (after the
+    primer) then its responses, each masked from the others and positioned right after the prompt."""
     skip = len(primer.tokens) if primer is not None else 0
-    width = max(len(p) for p in prompts) - 1 - skip
-    prefix = torch.full((len(prompts), width), pad_id, dtype=torch.long)
-    prefix_mask = torch.zeros((len(prompts), skip + width), dtype=torch.long)
-    prefix_mask[:, :skip] = 1
-    for g, prompt in enumerate(prompts):
-        middle = prompt[skip:-1]  # after the primer, before the last token
-        if middle:
-            prefix[g, width - len(middle) :] = torch.tensor(middle)
-            prefix_mask[g, skip + width - len(middle) :] = 1
-    device = model.device  # built on the CPU, moved once
-    prefix, prefix_mask = prefix.to(device), prefix_mask.to(device)
-    config = _backbone(model).config
-    outputs = []
+    packed = [list(prompt[skip:]) + [t for r in responses for t in r] for prompt, responses in groups]
+    width = max(map(len, packed))
+    ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    positions = torch.zeros((len(groups), width), dtype=torch.long)
+    segment = torch.full((len(groups), width), -1, dtype=torch.long)  # 0: prompt, k: response k, -1: padding
+    rows, columns, targets = [], [], []
+    for g, ((prompt, responses), row) in enumerate(zip(groups, packed)):
+        own = len(prompt) - skip  # the prompt's tokens in the row
+        ids[g, : len(row)] = torch.tensor(row)
+        positions[g, :own] = torch.arange(skip, len(prompt))
+        segment[g, :own] = 0
+        start = own
+        for k, response in enumerate(responses, start=1):
+            positions[g, start : start + len(response)] = torch.arange(len(prompt), len(prompt) + len(response))
+            segment[g, start : start + len(response)] = k
+            # the prompt's last token predicts a response's first token, each token the next
+            rows += [g] * len(response)
+            columns += [own - 1, *range(start, start + len(response) - 1)][: len(response)]  # none if empty
+            targets += response
+            start += len(response)
+    real = segment >= 0
+    visible = (segment[:, None, :] == segment[:, :, None]) | (segment[:, None, :] == 0)  # [row, query, key]
+    mask = visible & real[:, None, :] & (positions[:, None, :] <= positions[:, :, None])
+    mask[:, :, 0] |= ~real  # a padding query sees the first token, so that no attention row is empty
+    mask = torch.cat([torch.ones((len(groups), width, skip), dtype=torch.bool), mask], dim=2)[:, None]
+    device = model.device
+    ids, positions, mask = ids.to(device), positions.to(device), mask.to(device)
     with torch.inference_mode():
-        cache = _cache_rows(primer.cache, torch.zeros(len(prompts), dtype=torch.long), config) if skip else None
-        if width > 0:
-            cache = _backbone(model)(input_ids=prefix, attention_mask=prefix_mask, past_key_values=cache,
-                                     position_ids=(prefix_mask.cumsum(-1)[:, skip:] - 1).clamp(min=0),
-                                     use_cache=True).past_key_values
-        for chunk in suffix_chunks([len(r) + 1 for r in responses]):  # each runs after its prompt's last token
-            span = max(len(responses[j]) for j in chunk) + 1
-            suffix = torch.full((len(chunk), span), pad_id, dtype=torch.long)
-            suffix_mask = torch.zeros((len(chunk), span), dtype=torch.long)
-            labels = torch.full((len(chunk), span), -100, dtype=torch.long)
-            for k, j in enumerate(chunk):
-                response = responses[j]
-                suffix[k, : len(response) + 1] = torch.tensor(list(prompts[owner[j]][-1:]) + list(response))
-                suffix_mask[k, : len(response) + 1] = 1
-                labels[k, 1 : len(response) + 1] = torch.tensor(response, dtype=torch.long)
-            rows = torch.tensor([owner[j] for j in chunk])
-            starts = torch.tensor([len(prompts[owner[j]]) - 1 for j in chunk])
-            suffix, suffix_mask, labels, rows, starts = (t.to(device) for t in (suffix, suffix_mask, labels, rows, starts))
-            head = {"labels": labels, "fused_lm_head": True} if fused_log_probs else {}
-            chunk_cache = _cache_rows(cache, rows, config) if cache is not None else None
-            mask = torch.cat([prefix_mask[rows], suffix_mask], dim=1) if cache is not None else suffix_mask
-            outputs.append((chunk, model(input_ids=suffix, attention_mask=mask, past_key_values=chunk_cache,
-                                         position_ids=starts[:, None] + torch.arange(span, device=device)[None],
-                                         use_cache=chunk_cache is not None, **head)))
-    return outputs
+        cache = None
+        if primer is not None:
+            cache = DynamicCache(ddp_cache_data=[(k.expand(len(groups), -1, -1, -1), v.expand(len(groups), -1, -1, -1))
+                                                 for k, v, *_ in primer.cache], config=_backbone(model).config)
+        hidden = _backbone(model)(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                                  use_cache=cache is not None).last_hidden_state
+        index = (torch.tensor(rows, dtype=torch.long, device=device), torch.tensor(columns, dtype=torch.long, device=device))
+        return hidden[index], torch.tensor(targets, dtype=torch.long, device=device)
+
+
+def score_batch(model, groups: list[Group], pad_id: int, primer: Primer | None = None,
+                softmax_dtype: torch.dtype | None = torch.float32) -> list[tuple[float, bool]]:
+    """(summed log-prob, every token the most likely) of each response of `groups`, in order. The log-softmax
+    runs in `softmax_dtype` (None: the model's), and the sum in the same dtype, as lm-eval's HF model does."""
+    hidden, targets = packed_hidden(model, groups, pad_id, primer)
+    head = _head(model)
+    picked, greedy = [], []
+    with torch.inference_mode():
+        for start in range(0, len(targets), HEAD_TILE):
+            tile = targets[start : start + HEAD_TILE]
+            log_probs = F.log_softmax(head(hidden[start : start + HEAD_TILE]), dim=-1, dtype=softmax_dtype)
+            picked.append(log_probs.gather(1, tile[:, None])[:, 0])
+            greedy.append(log_probs.argmax(dim=-1) == tile)
+        lengths = [len(r) for _, responses in groups for r in responses]
+        picked = torch.cat(picked).split(lengths) if picked else [torch.zeros(0)] * len(lengths)
+        greedy = torch.cat(greedy).split(lengths) if greedy else [torch.zeros(0, dtype=torch.bool)] * len(lengths)
+        return [(float(p.sum()), bool(g.all())) for p, g in zip(picked, greedy)]
+
+
+def score_sequences(model, sequences: list[Sequence], batch_size: int, pad_id: int,
+                    softmax_dtype: torch.dtype | None = torch.float32, autocast=contextlib.nullcontext,
+                    desc: str = "log-probs", disable_tqdm: bool = False,
+                    share_prompts: bool = True) -> dict[Sequence, tuple[float, bool]]:
+    """(summed log-prob, every token the most likely) of each distinct (prompt, response), scored once."""
+    values: dict[Sequence, tuple[float, bool]] = {}
+    primer = None
+    for primer_tokens, groups in tqdm(plan_batches(sequences, batch_size, share_prompts=share_prompts),
+                                      desc=desc, unit="batch", disable=disable_tqdm):
+        with autocast():
+            if primer_tokens and (primer is None or primer.tokens != primer_tokens):
+                primer = encode_primer(model, primer_tokens)  # batches of one primer come in a row
+            scored = score_batch(model, groups, pad_id, primer if primer_tokens else None, softmax_dtype)
+        values.update(zip(((prompt, r) for prompt, responses in groups for r in responses), scored))
+    return values
+
+
+def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch_size: int, pad_id: int, desc: str,
+                      share_prompts: bool = True) -> list[float]:
+    """Summed log-probs of each response given its prompt (packed rows, `score_sequences`), in input order.
+
+    Each distinct (prompt, response) is scored once and its value shared: the same sequence in two
+    batch rows would get log-probs a few 1e-6 apart, an order that Kendall's tie rule would count.
+    """
+    keys = [(tuple(p), tuple(r)) for p, r in sequences]
+    values = score_sequences(model, keys, batch_size, pad_id, desc=desc, share_prompts=share_prompts)
+    return [values[k][0] for k in keys]

