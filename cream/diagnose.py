@@ -18,6 +18,7 @@ from pathlib import Path
 from cream.config import Config, DiagnoseConfig, RewarderName
 
 
+JUDGES = Path(__file__).resolve().parent.parent / "conf" / "judge"  # the judge group's choices, for --judge
 # the settings the kept chunks of a diagnosis folder (responses, judgements) were sampled under
 SAMPLED_UNDER = ("sampling", "judge", "model", "data", "iterations", "seed", "diagnose.prompts", "diagnose.n",
                  "diagnose.max_new_tokens")
@@ -50,6 +51,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="comma-separated, from implicit, likelihood, judge, oracle (diagnose.rewarders)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="diagnose.max_new_tokens")
     parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="resamples (diagnose.bootstrap)")
+    parser.add_argument("--judge", help="judge the responses with conf/judge/JUDGE.yaml instead of the run's judge.* "
+                        "(e.g. compact: a score in a few tokens)")
     parser.add_argument("--data", help="the run's data directory (default: ../shared/benchmarks beside the repository)")
     parser.add_argument("--out", help="output folder (default: RUN/diagnose/m<t>)")
     args = parser.parse_args(argv)
@@ -81,6 +84,11 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     manifest = read_json(run_dir / RUN_MANIFEST)
     # run.json holds every setting that changes a result; the others are this command's
     stored = {**manifest["config"], "run_name": run_dir.name, "logger": {"mode": "disabled"}, "paths": {"data": args.data}}
+    if args.judge:
+        judge_file = JUDGES / f"{args.judge}.yaml"
+        if not judge_file.is_file():
+            raise ConfigError(f"argument --judge: no {judge_file}; known: {', '.join(sorted(p.stem for p in JUDGES.glob('*.yaml')))}")
+        stored["judge"] = OmegaConf.to_container(OmegaConf.load(judge_file))  # as the judge group would: over the defaults
     cfg = load_config(OmegaConf.create(stored))
     cfg.diagnose = dataclasses.replace(cfg.diagnose, prompts=args.prompts, n=args.n, rewarders=rewarders,
                                        max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap)

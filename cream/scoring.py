@@ -25,9 +25,12 @@ from cream.errors import ModelError, StageError
 # Prompts sharing this many first tokens (TruthfulQA's 6-shot preamble: 172) encode them once for all batches.
 PRIMER_MIN_TOKENS = 32
 HEAD_TILE = 1024  # predicted positions per LM-head product: bounds the logits held at once
+# A packed row's attention grows with its square: a prompt with more responses than fit this many tokens
+# (say 16 of 512) gets several rows, each with the prompt and some of its responses.
+ROW_TOKENS = 1024
 
 Sequence = tuple[tuple[int, ...], tuple[int, ...]]  # (prompt tokens, response tokens)
-Group = tuple[tuple[int, ...], list[tuple[int, ...]]]  # a prompt and its distinct responses: one packed row
+Group = tuple[tuple[int, ...], list[tuple[int, ...]]]  # one packed row: a prompt and (some of) its distinct responses
 Batch = tuple[tuple[int, ...], list[Group]]  # (the primer its prompts share, or (); its groups)
 
 
@@ -64,11 +67,25 @@ def primers(prompts: list[tuple[int, ...]], min_tokens: int = PRIMER_MIN_TOKENS)
     return result
 
 
+def _rows(prompt: tuple[int, ...], responses: list[tuple[int, ...]], row_tokens: int) -> list[Group]:
+    """The prompt's packed rows: its responses in order, a new row where the next would pass `row_tokens`."""
+    rows: list[Group] = [(prompt, [])]
+    size = len(prompt)
+    for response in responses:
+        if rows[-1][1] and size + len(response) > row_tokens:
+            rows.append((prompt, []))
+            size = len(prompt)
+        rows[-1][1].append(response)
+        size += len(response)
+    return rows
+
+
 def plan_batches(sequences: list[Sequence], batch_size: int, min_primer: int = PRIMER_MIN_TOKENS,
-                 share_prompts: bool = True) -> list[Batch]:
-    """Distinct sequences grouped by prompt, whole groups per batch of about `batch_size` responses, the
-    prompts of a batch sharing its primer (`primers`), in packed-row-length order. Without `share_prompts`
-    each sequence is a group of its own and nothing is shared: the work of whole-sequence scoring."""
+                 share_prompts: bool = True, row_tokens: int = ROW_TOKENS) -> list[Batch]:
+    """Distinct sequences grouped by prompt into packed rows (`_rows`), whole rows per batch of about
+    `batch_size` responses, the prompts of a batch sharing its primer (`primers`), in row-length order.
+    Without `share_prompts` each sequence is a row of its own and nothing is shared: the work of
+    whole-sequence scoring."""
     groups: dict[tuple, tuple[tuple[int, ...], dict[tuple[int, ...], None]]] = {}
     for i, (prompt, response) in enumerate(sequences):
         if not prompt:
@@ -78,7 +95,7 @@ def plan_batches(sequences: list[Sequence], batch_size: int, min_primer: int = P
     primer_of = primers([p for p, _ in groups.values()], min_primer) if share_prompts else {}
     by_primer: dict[tuple[int, ...], list[Group]] = {}
     for prompt, responses in groups.values():
-        by_primer.setdefault(primer_of.get(prompt, ()), []).append((prompt, list(responses)))
+        by_primer.setdefault(primer_of.get(prompt, ()), []).extend(_rows(prompt, list(responses), row_tokens))
     batches = []
     for primer in sorted(by_primer):
         current, size = [], 0

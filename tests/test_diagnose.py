@@ -316,3 +316,12 @@ def test_the_loop_and_the_command_line_diagnose_the_same(tmp_path):
                {k: v for k, v in by_loop["rewarders"][name].items() if "seconds" not in k}
     with pytest.raises(SystemExit):
         main(["--run", str(run_dir), "--iteration", "3"])  # the run has M0..M2
+    # another judge than the run's, by its conf/judge name
+    main(["--run", str(run_dir), "--data", str(FIXTURE_DATA), "--rewarders", "judge", "--prompts=3", "--n=2",
+          "--max-new-tokens=4", "--bootstrap=50", "--judge", "compact", "--out", str(tmp_path / "compact")])
+    judged = json.loads((tmp_path / "compact" / "diagnose.json").read_text())
+    assert judged["judge_settings"]["reply_prefix"] == "Score:" and judged["judge_settings"]["max_new_tokens"] == 6
+    assert judged["rewarders"]["judge"]["stats"]["judge/judgements"] == 3 * 2 * 3  # prompts x n x samples
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", str(run_dir), "--judge", "nope"])
+    assert exit_.value.code == 2

@@ -34,6 +34,12 @@ def test_plan_batches_keeps_a_primer_s_contexts_together():
                        ((1, 2, 3), [((1, 2, 3, 4), [(7,)]), ((1, 2, 3, 5, 5), [(6,)])])]
 
 
+def test_plan_batches_splits_a_prompt_whose_responses_overflow_a_row():
+    seqs = [((1, 2), (3, 3, 3)), ((1, 2), (4, 4)), ((1, 2), (5, 5, 5, 5)), ((9,), (6,) * 10)]
+    assert plan_batches(seqs, batch_size=8, row_tokens=8) == [
+        ((), [((1, 2), [(5, 5, 5, 5)]), ((1, 2), [(3, 3, 3), (4, 4)]), ((9,), [(6,) * 10])])]  # a long one alone
+
+
 @pytest.mark.parametrize("contexts, primer_of", [
     ([(1, 2, 3, 4), (1, 2, 3, 5)], {(1, 2, 3, 4): (1, 2, 3), (1, 2, 3, 5): (1, 2, 3)}),
     ([(1, 2, 3, 4), (1, 2, 9, 5)], {(1, 2, 3, 4): (), (1, 2, 9, 5): ()}),  # 2 shared tokens: too few

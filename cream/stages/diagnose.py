@@ -139,6 +139,8 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
                                               "cpu_seconds": clock.cpu[name.value], "stats": stats, **_plain(result)}
         for row, r, p in zip(scores_rows, rewards, pairs):
             row["rewards"][name.value], row["pairs"][name.value] = r, p
+    if any(name.value == "judge" for name in specs):  # which judge: the run's, or the CLI's --judge
+        diagnosis["judge_settings"] = dataclasses.asdict(cfg.judge)
     diagnosis["consistency"] = {"current": _spec_json(current), "previous": _spec_json(previous),
                                 "measure": cfg.regularizer.measure.value, "measured_prompts": len(measured),
                                 "threshold": consistency_split(consistency)[0]}
