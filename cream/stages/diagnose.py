@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Iterator
 
 from cream.artifacts import write_bytes, check_finite, write_json, write_jsonl
-from cream.config import Config
+from cream.config import Config, RewarderName
 from cream.consistency import measured_consistency
 from cream.diagnostics import GROUPS, PromptOutcome, consistency_split, diagnose_rewarder
 from cream.errors import DataError, StageError
@@ -139,7 +139,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
                                               "cpu_seconds": clock.cpu[name.value], "stats": stats, **_plain(result)}
         for row, r, p in zip(scores_rows, rewards, pairs):
             row["rewards"][name.value], row["pairs"][name.value] = r, p
-    if any(name.value == "judge" for name in specs):  # which judge: the run's, or the CLI's --judge
+    if RewarderName.judge in specs:  # which judge: the run's, or the CLI's --judge
         diagnosis["judge_settings"] = dataclasses.asdict(cfg.judge)
     diagnosis["consistency"] = {"current": _spec_json(current), "previous": _spec_json(previous),
                                 "measure": cfg.regularizer.measure.value, "measured_prompts": len(measured),
