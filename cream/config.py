@@ -476,6 +476,7 @@ class EvalConfig:
         _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
         for task, n in self.limits.items():  # task names: cream.preflight.check_names
             _require(n > 0, f"eval.limits.{task}", f"must be > 0, got {n}")
+        _require(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.every >= 0, "eval.every", f"must be >= 0 (0: only M0 and the final model), got {self.every}")
         _require(self.dtype in (None, "float32", "bfloat16", "float16"), "eval.dtype",
                  f"expected float32, bfloat16, float16 or null (model.dtype), got {self.dtype!r}")

@@ -54,6 +54,7 @@ def _key(key: str) -> str:
         (["eval.tasks=[]"], "eval.tasks"),
         (["eval.limits.arc_easy=0"], "eval.limits.arc_easy"),
         (["eval.every=-1"], "eval.every"),
+        (["eval.batch_size=0"], "eval.batch_size"),
         (["eval.dtype=fp8"], "eval.dtype"),
     ],
 )
