@@ -12,7 +12,7 @@ seeds with ±1 standard error (`eval/<task>_stderr`, mean over seeds) and ±1 sd
 seed a dot; benchmark panels share one percent range. summary.md: the means with their standard
 errors, mean ± sd over the seeds per benchmark, and for each pair of methods whose last models were
 scored on the same items, paired bootstrap differences per benchmark and on the average
-(`cream.stats.paired_bootstrap`).
+(`cream.eval.stats.paired_bootstrap`).
 
 W&B exports: CSV files with columns `experiment_name`, `iteration`, `stage` and one column per
 metric (an optional `seed` column separates runs), i.e. metrics.jsonl as a table.
@@ -34,9 +34,9 @@ from statistics import mean, stdev
 from typing import Iterable, Optional
 from urllib.parse import urlparse
 
-from cream.artifacts import read_json, read_jsonl
+from cream.runs.artifacts import read_json, read_jsonl
 from cream.errors import CreamError, DataError
-from cream.stats import paired_bootstrap
+from cream.eval.stats import paired_bootstrap
 
 RUN_FILE, METRICS_FILE = "run.json", "metrics.jsonl"
 BENCHMARKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
@@ -349,7 +349,7 @@ def item_scores(eval_dir: Path) -> Optional[dict[str, dict[str, float]]]:
     """{benchmark: {item id: score}} of the lm-eval task that scores each benchmark, from the folder's
     predictions.jsonl and eval.json; None when either is missing."""
     from cream.config import EvalProtocol
-    from cream.lm_eval_tasks import lm_tasks
+    from cream.eval.task_files import lm_tasks
 
     if not (eval_dir / "predictions.jsonl").is_file() or not (eval_dir / "eval.json").is_file():
         return None

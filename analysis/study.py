@@ -7,7 +7,7 @@
     train.py experiment=<method> seed=<seed> run_name=study-<scale>-s<seed> paths.runs=DIR <SCALES[scale]>
 
 into DIR/<method>/study-<scale>-s<seed>. The three methods of a seed read the same prompt shards:
-`cream.data.load_prompts` shuffles the prompts with `seed` (and letters the options with it), and
+`cream.data.load.load_prompts` shuffles the prompts with `seed` (and letters the options with it), and
 shard t is the t-th run of `data.shard_size` consecutive prompts; `data`, `iterations` and the seed are
 the same for every method of a seed (the scale sets them; the presets differ only in the method). A
 rerun resumes each run folder (`resume=auto` reuses its finished stages), so an interrupted study
@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Optional
 
 from analysis.compare import compare
-from cream.artifacts import read_json
+from cream.runs.artifacts import read_json
 from cream.errors import CreamError, DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -27,7 +27,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cream.artifacts import read_jsonl  # noqa: E402
+from cream.runs.artifacts import read_jsonl  # noqa: E402
 from cream.config import (  # noqa: E402
     DataSource,
     DPOConfig,
@@ -39,11 +39,11 @@ from cream.config import (  # noqa: E402
     SamplingBackend,
     SamplingConfig,
 )
-from cream.data import resolve_data_dir  # noqa: E402
-from cream.model_pool import ModelPool  # noqa: E402
-from cream.models import ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
-from cream.scoring import sequence_logprobs  # noqa: E402
-from cream.generation import generate  # noqa: E402
+from cream.data.load import resolve_data_dir  # noqa: E402
+from cream.engine.model_pool import ModelPool  # noqa: E402
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.engine.scoring import sequence_logprobs  # noqa: E402
+from cream.engine.generation import generate  # noqa: E402
 
 Row = tuple[str, str, str]
 
@@ -91,7 +91,7 @@ def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConf
 
 def decode_step_rate(model_dir: str, rows: int, slots: int = 256) -> float:
     """Tokens/s of one decoder step in bf16 with `rows` sequences alive: the sampling ceiling at that batch."""
-    from cream.decode import Decoder
+    from cream.engine.decode import Decoder
 
     decoder = Decoder(load_base_model(model_dir, ModelConfig()), torch.bfloat16)
     shape = (rows, decoder.kv_heads, slots, decoder.head_dim)
@@ -138,8 +138,8 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
     or TRL's DPOTrainer computing the reference log-probs itself."""
     from trl import DPOTrainer
 
-    from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
-    from cream.finetune import lora_adapter_config
+    from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
+    from cream.training.finetune import lora_adapter_config
 
     class StockDPOTrainer(DPOTrainer):  # TRL as shipped, on the same pre-tokenized pairs
         def _prepare_dataset(self, dataset, *args, **kwargs):
@@ -166,7 +166,7 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
 
 def eval_rate(model_dir: str, data_dir: str, protocol: str, backend: str, limit: int, max_gen_toks: int) -> tuple[float, float]:
     """Items/s and average score of one evaluation of M0."""
-    from cream.evaluation import evaluate_model
+    from cream.eval.harness import evaluate_model
 
     cfg = EvalConfig(protocol=EvalProtocol(protocol), backend=backend, limit=limit, max_gen_toks=max_gen_toks,
                      batch_size=32 if protocol == "paper" else 8)

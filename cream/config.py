@@ -21,7 +21,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from cream.errors import ConfigError
-from cream.prompts import SELF_REFERENCE_TEMPLATE, SRLM_JUDGE_TEMPLATE
+from cream.data.prompts import SELF_REFERENCE_TEMPLATE, SRLM_JUDGE_TEMPLATE
 
 # Shipped accelerate configs: `dpo.accelerate_config=<name>`. A folder beside conf/, not inside it: Hydra
 # would list conf/accelerate/ as a config group, and these files are accelerate's schema, not ours.
@@ -170,7 +170,7 @@ class SamplingConfig:
     max_new_tokens: int = 128
     batch_size: int = 64  # sequences per generate call (prompts per call = batch_size // n)
     # how the sample stage picks this iteration's temperature: a registered adaptive sampler
-    # (cream.registry.ADAPTIVE_SAMPLERS): none (sampling.temperature), bstar (cream/methods/bstar.py)
+    # (cream.plugins.registry.ADAPTIVE_SAMPLERS): none (sampling.temperature), bstar (cream/methods/bstar.py)
     adaptive: str = "none"
 
     def __post_init__(self) -> None:
@@ -247,13 +247,13 @@ class RegularizerConfig:
 class PairsConfig:
     """Which pairs each prompt gives and which survive (the pairs stage)."""
 
-    # A registered pairing (cream.registry.PAIRINGS) of the responses ordered by reward: best_worst (one pair,
+    # A registered pairing (cream.plugins.registry.PAIRINGS) of the responses ordered by reward: best_worst (one pair,
     # CREAM and SRLM), ranked (every pair of different rewards, OSP), adjacent (neighbouring ranks, OSP)
     strategy: str = "best_worst"
     # A reward gap's preference probability sigmoid(gap / tau) (Bradley-Terry): each pair's strength (OSP) and
     # the win rates of dpo.loss=sppo; null = a hard preference (1 for the better response, 1/2 on a tie)
     tau: Optional[float] = None
-    filters: list[str] = field(default_factory=list)  # registered pair filters (cream.registry.FILTERS), in order
+    filters: list[str] = field(default_factory=list)  # registered pair filters (cream.plugins.registry.FILTERS), in order
 
     def __post_init__(self) -> None:
         _require(self.tau is None or self.tau > 0, "pairs.tau", f"must be > 0 or null, got {self.tau}")
@@ -406,7 +406,7 @@ class TrainingConfig:
 @dataclass
 class DPOConfig(TrainingConfig):
     beta: float = 0.1
-    # A registered loss (cream.registry.LOSSES): cream (the soft-label DPO loss; plain DPO at label 1), sppo
+    # A registered loss (cream.plugins.registry.LOSSES): cream (the soft-label DPO loss; plain DPO at label 1), sppo
     # (SPPO's square loss on every scored response, eta = 1 / beta), sppo_hard (TRL's pairwise SPPO)
     loss: str = "cream"
 
@@ -474,7 +474,7 @@ class EvalConfig:
     def __post_init__(self) -> None:
         _require(not self.enabled or len(self.tasks) > 0, "eval.tasks", "must name at least one task")
         _require(self.limit is None or self.limit > 0, "eval.limit", f"must be > 0 or null, got {self.limit}")
-        for task, n in self.limits.items():  # task names: cream.preflight.check_names
+        for task, n in self.limits.items():  # task names: cream.runs.preflight.check_names
             _require(n > 0, f"eval.limits.{task}", f"must be > 0, got {n}")
         _require(self.batch_size > 0, "eval.batch_size", f"must be > 0, got {self.batch_size}")
         _require(self.every >= 0, "eval.every", f"must be >= 0 (0: only M0 and the final model), got {self.every}")

@@ -66,14 +66,14 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
-    from cream.artifacts import STARTED, read_json
+    from cream.runs.artifacts import STARTED, read_json
     from cream.config import load_config, to_plain_dict
-    from cream.data import load_prompts, resolve_data_dir
+    from cream.data.load import load_prompts, resolve_data_dir
     from cream.errors import ConfigError, DataError
-    from cream.logger import RunLogger
-    from cream.model_pool import ModelPool
-    from cream.models import resolve_device
-    from cream.run_folder import RUN_MANIFEST, data_identity, digest, prepare_stage, select
+    from cream.runs.logger import RunLogger
+    from cream.engine.model_pool import ModelPool
+    from cream.engine.models import resolve_device
+    from cream.runs.run_folder import RUN_MANIFEST, data_identity, digest, prepare_stage, select
     from cream.stages import Context, diagnose
     from omegaconf import OmegaConf
 
@@ -119,10 +119,10 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
 
 def run_models(run_dir: Path, cfg: Config) -> list:
     """M0, M1, ... as the run's loop built them: M1 by SFT (M0's weights without it), M_{k+1} by iteration k's training."""
-    from cream.artifacts import MANIFEST, is_complete, read_json
+    from cream.runs.artifacts import MANIFEST, is_complete, read_json
     from cream.errors import ConfigError
-    from cream.models import ModelRef, resolve_model_dir
-    from cream.run_folder import stored_model
+    from cream.engine.models import ModelRef, resolve_model_dir
+    from cream.runs.run_folder import stored_model
 
     def trained(stage_dir: Path) -> ModelRef:
         return stored_model(run_dir, read_json(stage_dir / MANIFEST)["artifacts"]["model"]["model"])
@@ -134,8 +134,8 @@ def run_models(run_dir: Path, cfg: Config) -> list:
         models = [m0, trained(run_dir / "iter_0" / "sft")]
     else:
         raise ConfigError(f"argument --run: {run_dir} has no completed SFT (iter_0/sft), so no model to diagnose yet")
-    while is_complete(run_dir / f"iter_{len(models) - 1}" / "train"):
-        models.append(trained(run_dir / f"iter_{len(models) - 1}" / "train"))
+    while is_complete(run_dir / f"iter_{len(models) - 1}" / "dpo"):
+        models.append(trained(run_dir / f"iter_{len(models) - 1}" / "dpo"))
     return models
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from cream.config import DataSource, EvalConfig, EvalProtocol, ModelConfig, PathsConfig
 from cream.errors import CreamError
-from cream.lm_eval_tasks import KNOWN_TASKS
+from cream.eval.task_files import KNOWN_TASKS
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -36,9 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     try:
-        from cream.data import resolve_data_dir
-        from cream.evaluation import evaluate_model
-        from cream.models import resolve_model_dir
+        from cream.data.load import resolve_data_dir
+        from cream.eval.harness import evaluate_model
+        from cream.engine.models import resolve_model_dir
 
         eval_cfg = EvalConfig(
             protocol=EvalProtocol(args.protocol), tasks=[t.strip() for t in args.tasks.split(",") if t.strip()],

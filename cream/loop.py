@@ -1,7 +1,7 @@
 """The self-rewarding loop: the stages of each iteration, and the run folder that makes them resumable.
 
     iteration 0:  evaluate_m0 -> sft -> evaluate
-    iteration t:  sample -> reward -> consistency -> pairs -> train [-> diagnose] -> evaluate
+    iteration t:  sample -> reward -> consistency -> pairs -> dpo [-> diagnose] -> evaluate
 
 Each stage (cream/stages/) writes into `runs/<experiment>/<run_name>/iter_<k>/<stage>/`. A stage folder
 with its DONE mark is reused, so rerunning the same command resumes where it stopped.
@@ -18,20 +18,20 @@ from typing import Optional
 
 import torch
 
-from cream.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
-from cream import preflight
+from cream.runs.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
+from cream.runs import preflight
 from cream.config import Config
-from cream.data import check_shards, load_prompts, load_sft_examples, resolve_data_dir
+from cream.data.load import check_shards, load_prompts, load_sft_examples, resolve_data_dir
 from cream.errors import DataError
-from cream.lm_eval_tasks import split_file
-from cream.logger import METRICS, RunLogger
-from cream.model_pool import ModelPool
-from cream.models import ModelRef, resolve_device, resolve_model_dir
-from cream.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
-from cream.stages import Context, StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, train
+from cream.eval.task_files import split_file
+from cream.runs.logger import METRICS, RunLogger
+from cream.engine.model_pool import ModelPool
+from cream.engine.models import ModelRef, resolve_device, resolve_model_dir
+from cream.runs.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
+from cream.stages import Context, StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, dpo
 
 log = logging.getLogger("cream")
-ITERATION = (sample, reward, consistency, pairs, train)  # then evaluate, when eval.enabled
+ITERATION = (sample, reward, consistency, pairs, dpo)  # then evaluate, when eval.enabled
 
 
 def peak_rss_mb() -> float:

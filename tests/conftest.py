@@ -21,7 +21,7 @@ def cache_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(cache_dir) -> Path:
-    from cream.models import build_tiny_model
+    from cream.engine.models import build_tiny_model
 
     return build_tiny_model(cache_dir)
 
@@ -34,8 +34,8 @@ def fixture_data() -> Path:
 def stage_context(run_dir: Path, models, prompts=(), iteration: int = 1, **sections):
     """A stage's `Context` on the tiny model: the default config with `sections` replaced, W&B off."""
     from cream.config import Config, DataConfig, LoggerConfig, LoggerMode, ModelConfig, ModelSource
-    from cream.logger import RunLogger
-    from cream.model_pool import ModelPool
+    from cream.runs.logger import RunLogger
+    from cream.engine.model_pool import ModelPool
     from cream.stages import Context
 
     sections.setdefault("model", ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128))

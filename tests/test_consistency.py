@@ -3,7 +3,7 @@ import pytest
 from scipy import stats
 
 from cream.config import AgreementMeasure, RegularizerName
-from cream.consistency import (
+from cream.rewards.consistency import (
     kendall_tau,
     measured_consistency,
     prompt_consistency,

@@ -1,4 +1,4 @@
-"""cream.data: hub converters, local loading and its errors, prompts, shards, SFT examples."""
+"""cream.data.load: hub converters, local loading and its errors, prompts, shards, SFT examples."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from cream import data
+from cream.data import load as data
 from cream.config import DataConfig, DataSource
-from cream.data import (
+from cream.data.load import (
     check_shards,
     convert_arc,
     convert_gsm8k,

@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from cream.config import ModelConfig, ModelSource, SamplingBackend, SamplingConfig
-from cream.decode import Decoder, sample_tokens
+from cream.engine.decode import Decoder, sample_tokens
 from cream.errors import ConfigError
-from cream.generation import chat_prompt_ids
-from cream.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.generation import chat_prompt_ids
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer
 from cream.stages import sample
 from tests.conftest import stage_context
 

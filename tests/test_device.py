@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from cream.config import Config, DPOConfig, LoggerConfig, LoggerMode, ModelConfig, ModelSource
-from cream.decode import Decoder
+from cream.engine.decode import Decoder
 from cream.errors import ConfigError
-from cream.generation import chat_prompt_ids
-from cream.model_pool import ModelPool
-from cream.models import ModelRef, load_base_model, load_tokenizer, resolve_device
-from cream.scoring import sequence_logprobs
+from cream.engine.generation import chat_prompt_ids
+from cream.engine.model_pool import ModelPool
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer, resolve_device
+from cream.engine.scoring import sequence_logprobs
 from tests.conftest import FIXTURE_DATA, REPO
 
 TINY = ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128)
@@ -102,7 +102,7 @@ def test_pool_loads_onto_its_device_and_releases(tiny_model_dir):
 
 
 def test_training_follows_the_device_setting(tmp_path):
-    from cream.dpo_trainer import training_args
+    from cream.training.dpo_trainer import training_args
 
     args = training_args(DPOConfig(bf16=False), tmp_path, 0, 4, "cpu")
     assert args.use_cpu and not args.dataloader_pin_memory

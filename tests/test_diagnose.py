@@ -8,15 +8,15 @@ import pytest
 
 from cream.config import (AgreementMeasure, Config, DataConfig, DiagnoseConfig, JudgeConfig, ModelConfig, ModelSource,
                           RewarderName, SamplingConfig)
-from cream.consistency import prompt_consistency
-from cream.data import load_prompts
+from cream.rewards.consistency import prompt_consistency
+from cream.data.load import load_prompts
 from cream.diagnose import main
-from cream.diagnostics import PromptOutcome, consistency_split, diagnose_rewarder, prompt_counts, reward_accuracy
+from cream.rewards.diagnostics import PromptOutcome, consistency_split, diagnose_rewarder, prompt_counts, reward_accuracy
 from cream.errors import ConfigError, DataError
-from cream.extract import is_correct
-from cream.generation import chat_prompt_ids
-from cream.models import ModelRef, load_tokenizer
-from cream.pairing import PairStats, choose_pair
+from cream.eval.extract import is_correct
+from cream.engine.generation import chat_prompt_ids
+from cream.engine.models import ModelRef, load_tokenizer
+from cream.rewards.pairing import PairStats, choose_pair
 from cream.stages import diagnose
 from tests.conftest import FIXTURE_DATA, stage_context
 from tests.test_config import _load
@@ -195,7 +195,7 @@ def random_adapters(base, folders):
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from cream.models import load_base_model
+    from cream.engine.models import load_base_model
 
     model = get_peft_model(load_base_model(str(base), ModelConfig(name="tiny", source=ModelSource.tiny)),
                            LoraConfig(r=4, target_modules=["q_proj", "v_proj", "up_proj"]))

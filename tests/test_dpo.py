@@ -5,14 +5,14 @@ import torch
 from trl import DPOTrainer
 
 from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource
-from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
-from cream.generation import chat_prompt_ids
-from cream.losses import CREAM, cream_loss
-from cream.registry import LOSSES
-from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.rows import Pair, write_rows
-from cream.scoring import sequence_logprobs
-from cream.stages.train import train
+from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
+from cream.engine.generation import chat_prompt_ids
+from cream.training.losses import CREAM, cream_loss
+from cream.plugins.registry import LOSSES
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.runs.rows import Pair, write_rows
+from cream.engine.scoring import sequence_logprobs
+from cream.stages.dpo import train
 
 
 def _pairs(tokenizer, model, consistency):

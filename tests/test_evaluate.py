@@ -5,12 +5,12 @@ import shutil
 
 import pytest
 
-from cream.artifacts import read_json, read_jsonl, write_jsonl
+from cream.runs.artifacts import read_json, read_jsonl, write_jsonl
 from cream.config import EvalConfig, EvalProtocol
 from cream.errors import ConfigError, DataError
 from cream.evaluate import main
-from cream.evaluation import evaluate_model, wrong_answers
-from cream.lm_eval_tasks import KNOWN_TASKS, lm_tasks
+from cream.eval.harness import evaluate_model, wrong_answers
+from cream.eval.task_files import KNOWN_TASKS, lm_tasks
 
 LIMIT = 5
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from cream.extract import extract_choice, extract_number, is_correct, normalize_number
+from cream.eval.extract import extract_choice, extract_number, is_correct, normalize_number
 
 
 @pytest.mark.parametrize(

@@ -64,7 +64,7 @@ def pickle_adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("backend", ["torch", "hf"])
 def test_evaluation_refuses_a_model_folder_with_pickle_weights(pickle_model_dir, tmp_path, backend):
-    from cream.evaluation import evaluate_model
+    from cream.eval.harness import evaluate_model
 
     eval_cfg = EvalConfig(tasks=["arc_easy"], limit=1, max_gen_toks=4, backend=backend)
     with pytest.raises(ModelError, match="safetensors") as raised:
@@ -74,10 +74,10 @@ def test_evaluation_refuses_a_model_folder_with_pickle_weights(pickle_model_dir,
 
 
 def test_evaluation_and_the_loop_refuse_an_adapter_with_pickle_weights(tiny_model_dir, pickle_adapter_dir, tmp_path):
-    from cream.evaluation import evaluate_model
-    from cream.finetune import load_trainable
-    from cream.model_pool import ModelPool
-    from cream.models import ModelRef
+    from cream.eval.harness import evaluate_model
+    from cream.training.finetune import load_trainable
+    from cream.engine.model_pool import ModelPool
+    from cream.engine.models import ModelRef
 
     with pytest.raises(ModelError, match="safetensors") as raised:
         evaluate_model(EvalConfig(tasks=["arc_easy"], limit=1, max_gen_toks=4), FIXTURE_DATA, tiny_model_dir,
@@ -93,7 +93,7 @@ def test_evaluation_and_the_loop_refuse_an_adapter_with_pickle_weights(tiny_mode
 
 
 def test_a_local_model_path_with_pickle_weights_is_refused_before_any_stage(pickle_model_dir, tmp_path):
-    from cream.models import resolve_model_dir
+    from cream.engine.models import resolve_model_dir
 
     cfg = ModelConfig(name="local", source=ModelSource.hub, path=str(pickle_model_dir))
     with pytest.raises(ModelError, match="safetensors"):
@@ -130,7 +130,7 @@ def trainer(tiny_model_dir):
 def test_save_policy_replaces_a_partial_folder_and_leaves_no_temporary_one(trainer, tmp_path):
     from safetensors import safe_open
 
-    from cream.finetune import save_policy
+    from cream.training.finetune import save_policy
 
     out = tmp_path / "adapter"
     out.mkdir()
@@ -144,7 +144,7 @@ def test_save_policy_replaces_a_partial_folder_and_leaves_no_temporary_one(train
 
 
 def test_a_save_cut_short_leaves_no_adapter_folder(trainer, tmp_path):
-    from cream.finetune import save_policy
+    from cream.training.finetune import save_policy
 
     real_save = trainer.model.save_pretrained
 
@@ -167,8 +167,8 @@ def test_a_save_cut_short_leaves_no_adapter_folder(trainer, tmp_path):
 def test_save_policy_writes_a_full_model_with_its_tokenizer(tiny_model_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    from cream.finetune import save_policy
-    from cream.models import load_tokenizer
+    from cream.training.finetune import save_policy
+    from cream.engine.models import load_tokenizer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     accelerator = SimpleNamespace(is_main_process=True, get_state_dict=lambda m: m.state_dict(),

@@ -14,7 +14,7 @@ from tests.conftest import FIXTURE_DATA, REPO
 TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa"]
 STAGES = {
     "iter_0": ["evaluate_m0", "sft", "evaluate"],
-    "iter_1": ["sample", "reward", "consistency", "pairs", "train", "evaluate"],
+    "iter_1": ["sample", "reward", "consistency", "pairs", "dpo", "evaluate"],
 }
 
 
@@ -71,9 +71,9 @@ def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
         assert p["chosen_reward"] > p["rejected_reward"]
         row = next(r for r in rewards if r["id"] == p["id"])
         assert p["ref_chosen_logps"] in row["logps"]["m1"]  # the DPO reference is M1's scoring, reused
-    assert (it1 / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (it1 / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
     assert (run_dir / "iter_0" / "sft" / "adapter" / "adapter_model.safetensors").is_file()
-    assert not (it1 / "train" / "checkpoints").exists()
+    assert not (it1 / "dpo" / "checkpoints").exists()
 
 
 def test_metrics_hold_every_logged_key(smoke_run):
@@ -83,7 +83,7 @@ def test_metrics_hold_every_logged_key(smoke_run):
     expected = {
         "sft/loss", "sample/responses", "reward/mean", "reward/std", "reward/forward_passes",
         "consistency/mean", "consistency/std", "pairs/kept", "pairs/dropped", "dpo/loss", "dpo/margin",
-        "dpo/accuracy", "time/sample", "time/reward", "time/train", "memory/peak_rss_mb",
+        "dpo/accuracy", "time/sample", "time/reward", "time/dpo", "memory/peak_rss_mb",
     }
     assert expected <= keys, expected - keys
     reward = next(r for r in records if r["stage"] == "reward")
@@ -102,7 +102,7 @@ def test_wandb_offline_run_holds_the_same_keys_and_tables(smoke_run):
     assert len(files) == 1
     blob = files[0].read_bytes()
     for key in [b"consistency/mean", b"consistency/histogram", b"pairs/table", b"dpo/loss", b"eval/average",
-                b"time/train"]:
+                b"time/dpo"]:
         assert key in blob, key
 
 
@@ -125,7 +125,7 @@ def test_rerun_with_another_config_is_refused_listing_the_keys(smoke_run):
     result = cli(*args, "dpo.beta=0.5")
     assert result.returncode == 2
     assert "dpo.beta" in result.stderr and "another configuration" in result.stderr
-    assert (run_dir / "iter_1" / "train" / "DONE").is_file()  # nothing completed is lost
+    assert (run_dir / "iter_1" / "dpo" / "DONE").is_file()  # nothing completed is lost
 
 
 @pytest.mark.parametrize(
@@ -170,7 +170,7 @@ def test_wandb_failure_degrades_to_local_logging(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stderr.count("W&B disabled for this run") == 1
     records = (tmp_path / "smoke" / "nowandb" / "metrics.jsonl").read_text().splitlines()
-    assert any('"stage": "train"' in r for r in records)
+    assert any('"stage": "dpo"' in r for r in records)
 
 
 @pytest.mark.parametrize(

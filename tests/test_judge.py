@@ -3,11 +3,11 @@
 import pytest
 
 from cream.config import JudgeConfig
-from cream.diagnostics import reward_accuracy
+from cream.rewards.diagnostics import reward_accuracy
 from cream.errors import ConfigError
-from cream.judge import judge_prompt, parse_score
-from cream.rewarders import oracle_scores
-from cream.rows import PromptSamples, Response
+from cream.rewards.judge import judge_prompt, parse_score
+from cream.rewards.rewarders import oracle_scores
+from cream.runs.rows import PromptSamples, Response
 
 JUDGE = {k: getattr(JudgeConfig(), k) for k in ("template", "pattern", "min_score", "max_score")}  # the srlm judge
 PATTERN = JUDGE["pattern"]

@@ -3,11 +3,11 @@
 import pytest
 import torch
 
-from cream.artifacts import read_json, read_jsonl
+from cream.runs.artifacts import read_json, read_jsonl
 from cream.config import EvalConfig, EvalProtocol
-from cream.evaluation import evaluate_model
-from cream.lm_eval_scoring import scoring_window
-from cream.scoring import plan_batches, primers
+from cream.eval.harness import evaluate_model
+from cream.eval.lm_eval_scoring import scoring_window
+from cream.engine.scoring import plan_batches, primers
 
 MC_TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "truthfulqa"]
 
@@ -59,7 +59,7 @@ def test_primers(contexts, primer_of):
 def models(tiny_model_dir):
     from lm_eval.api.registry import get_model
 
-    from cream.lm_eval_decoder import DecoderLM
+    from cream.eval.lm_eval_decoder import DecoderLM
 
     args = {"pretrained": str(tiny_model_dir), "dtype": "float32"}
     extra = {"batch_size": 4, "device": "cpu"}
@@ -147,7 +147,7 @@ def test_evaluate_model_torch_equals_hf_on_every_multiple_choice_task(tiny_model
         assert p["loglikelihoods"] == pytest.approx(q["loglikelihoods"], abs=1e-4)
         assert p["score"] == pytest.approx(q["score"], abs=1e-4)
     # standard errors: binomial on accuracies, the sample standard error on mc2's probability mass
-    from cream.stats import score_stderr
+    from cream.eval.stats import score_stderr
 
     assert set(report["stderr"]) == set(MC_TASKS) | {"average"}
     for task, lm_task in [("arc_easy", "cream_harness_arc_easy"), ("truthfulqa", "cream_harness_truthfulqa_mc2")]:

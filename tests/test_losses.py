@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cream.losses import cream_loss, dpo_logits
+from cream.training.losses import cream_loss, dpo_logits
 
 
 def test_dpo_logits():

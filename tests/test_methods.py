@@ -14,15 +14,15 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from cream import preflight
+from cream.runs import preflight
 from cream.config import Config, DPOConfig, LoggerConfig, LoggerMode, PairsConfig, ScirConfig, load_config
 from cream.errors import ConfigError
-from cream.losses import CREAM, cream_loss, soft_label
+from cream.training.losses import CREAM, cream_loss, soft_label
 from cream.methods.scir import vote
 from cream.methods.sppo import sppo_loss
-from cream.pairing import PairStats, adjacent, best_worst, preference_probability, ranked, win_rates
-from cream.registry import FILTERS, LOSSES, PAIRINGS, REWARDERS, Registry
-from cream.rows import Pair, RewardRow, read_rows, write_rows
+from cream.rewards.pairing import PairStats, adjacent, best_worst, preference_probability, ranked, win_rates
+from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS, REWARDERS, Registry
+from cream.runs.rows import Pair, RewardRow, read_rows, write_rows
 from tests.conftest import FIXTURE_DATA
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -294,11 +294,11 @@ def _metrics(run, stage):
 def _loss_inputs(run, loss_name, tiny_model_dir, tmp_path):
     """The batch the registered loss receives from the trainer, on the run's own examples (one step of all of
     them; the trainer shuffles, so compare sorted values)."""
-    from cream.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
-    from cream.models import load_tokenizer
+    from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
+    from cream.engine.models import load_tokenizer
     from cream.config import ModelConfig, ModelSource
-    from cream.models import load_base_model
-    from cream.registry import Loss
+    from cream.engine.models import load_base_model
+    from cream.plugins.registry import Loss
 
     loss = LOSSES.get(loss_name)
     seen = []
@@ -370,7 +370,7 @@ def test_sppo_trains_on_every_scored_response_with_its_win_rate(runs, tiny_model
     batch = _loss_inputs(runs["sppo"], "sppo", tiny_model_dir, tmp_path)
     assert len(batch["input_ids"]) == len(examples)  # one sequence per response
     assert sorted(batch["target"].tolist()) == pytest.approx(sorted(e["target"] for e in examples))
-    metrics = _metrics(runs["sppo"], "train")
+    metrics = _metrics(runs["sppo"], "dpo")
     assert metrics["dpo/responses"] == len(examples) and metrics["dpo/forward_sequences"] == len(examples)
 
 

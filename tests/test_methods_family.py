@@ -8,13 +8,13 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from cream import preflight
+from cream.runs import preflight
 from cream.config import DropoutSite, ModelConfig, ModelSource
 from cream.errors import ConfigError
 from cream.methods.bstar import balance_score, best_setting, mean_balance, standardized
 from cream.methods.self_reference import Verdict, judge_text, pair_preference, response_scores, verdict
 from cream.methods.upo import certainty_weight, dropout_active, mc_preference, most_certain
-from cream.registry import ADAPTIVE_SAMPLERS, FILTERS, REWARDERS
+from cream.plugins.registry import ADAPTIVE_SAMPLERS, FILTERS, REWARDERS
 from tests.conftest import FIXTURE_DATA
 from tests.test_methods import _jsonl, _key, _load, _loss_inputs, _metrics, _stage, run_methods
 
@@ -97,8 +97,8 @@ def test_certainty_weight_by_hand(variance, weight):
 
 
 def test_dropout_makes_the_passes_differ_and_is_undone(tiny_model_dir):
-    from cream.models import load_base_model, load_tokenizer
-    from cream.scoring import sequence_logprobs
+    from cream.engine.models import load_base_model, load_tokenizer
+    from cream.engine.scoring import sequence_logprobs
 
     model = load_base_model(str(tiny_model_dir), ModelConfig(name="tiny", source=ModelSource.tiny)).eval()
     pad = load_tokenizer(str(tiny_model_dir)).pad_token_id

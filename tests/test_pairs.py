@@ -1,6 +1,6 @@
 import pytest
 
-from cream.pairing import PairStats, choose_pair
+from cream.rewards.pairing import PairStats, choose_pair
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from cream.artifacts import write_jsonl
+from cream.runs.artifacts import write_jsonl
 from tests.conftest import FIXTURE_DATA, REPO
 from tests.test_integration import cli
 
@@ -166,9 +166,9 @@ def test_other_data_is_refused_naming_it(reference_run, tmp_path):
 
 def test_a_sample_chunk_of_other_prompts_is_sampled_again(tiny_model_dir, tmp_path):
     from cream.config import SamplingConfig
-    from cream.generation import generate
-    from cream.model_pool import ModelPool
-    from cream.models import ModelRef, load_tokenizer
+    from cream.engine.generation import generate
+    from cream.engine.model_pool import ModelPool
+    from cream.engine.models import ModelRef, load_tokenizer
     from tests.conftest import stage_context
 
     tokenizer, m1 = load_tokenizer(str(tiny_model_dir)), ModelRef("m1", str(tiny_model_dir))
@@ -230,7 +230,7 @@ def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(reference
 
 
 def test_artifacts_are_strict_json_with_the_usual_file_mode(tmp_path):
-    from cream.artifacts import write_json
+    from cream.runs.artifacts import write_json
 
     write_json(tmp_path / "m.json", {"consistency/mean": float("nan"), "x": [1.0, float("inf")]})
     assert json.loads((tmp_path / "m.json").read_text(), parse_constant=pytest.fail) == {"consistency/mean": None,

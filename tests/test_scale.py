@@ -21,15 +21,15 @@ from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
 from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource, SamplingConfig, SFTConfig, load_config
-from cream.data import load_sft_examples
+from cream.data.load import load_sft_examples
 from cream.errors import ConfigError, StageError
 from cream.config import ACCELERATE_CONFIGS
-from cream.launch import REQUEST, RESULT
-from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.rows import write_rows
+from cream.training.launch import REQUEST, RESULT
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.runs.rows import write_rows
 from cream.stages.sft import sft
-from cream.stages.train import train, train_in_process
-from cream.vllm_sampling import generate_vllm, lora_rank_capacity
+from cream.stages.dpo import train, train_in_process
+from cream.engine.vllm_sampling import generate_vllm, lora_rank_capacity
 from tests.test_dpo import _pairs
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -187,8 +187,8 @@ def test_a_killed_loop_leaves_no_training_process_behind(tiny_model_dir, tmp_pat
     loop_code = (
         "from pathlib import Path\n"
         "from cream.config import DPOConfig, ModelConfig, ModelSource\n"
-        "from cream.stages.train import train\n"
-        "from cream.models import ModelRef\n"
+        "from cream.stages.dpo import train\n"
+        "from cream.engine.models import ModelRef\n"
         f"train(DPOConfig(lora=None, batch_size=1, epochs=500, accelerate_config={cpu_launch!r}), "
         f"ModelConfig(name='tiny', source=ModelSource.tiny), ModelRef('m1', {str(tiny_model_dir)!r}), "
         f"Path({str(pairs)!r}), Path({str(tmp_path / 'train')!r}), 0, 'm2')\n"
@@ -197,7 +197,7 @@ def test_a_killed_loop_leaves_no_training_process_behind(tiny_model_dir, tmp_pat
     launched = []
     try:
         deadline = time.monotonic() + 120
-        while not any(p.cmdline()[1:3] == ["-m", "cream.launch"] for p in psutil.Process(loop.pid).children(recursive=True)):
+        while not any(p.cmdline()[1:3] == ["-m", "cream.training.launch"] for p in psutil.Process(loop.pid).children(recursive=True)):
             assert loop.poll() is None and time.monotonic() < deadline, "the training process never started"
             time.sleep(0.2)
         time.sleep(3)  # well into its imports or its training

@@ -3,8 +3,8 @@
 import torch
 
 from cream.config import LoraConfig, ModelConfig, ModelSource, SFTConfig
-from cream.data import load_sft_examples
-from cream.models import ModelRef
+from cream.data.load import load_sft_examples
+from cream.engine.models import ModelRef
 from cream.stages.sft import build_trainer
 
 

@@ -6,11 +6,11 @@ import pytest
 import torch
 
 from cream.config import AgreementMeasure, ModelConfig, ModelSource, RewarderConfig, RewarderName, SamplingConfig
-from cream.consistency import prompt_consistency
+from cream.rewards.consistency import prompt_consistency
 from cream.errors import StageError
-from cream.generation import chat_prompt_ids, cut_response
-from cream.models import ModelRef, load_base_model, load_tokenizer
-from cream.scoring import distinct_count, plan_batches, sequence_logprobs
+from cream.engine.generation import chat_prompt_ids, cut_response
+from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.scoring import distinct_count, plan_batches, sequence_logprobs
 from cream.stages import reward, sample
 from tests.conftest import stage_context
 

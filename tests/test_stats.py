@@ -1,4 +1,4 @@
-"""Standard errors and paired bootstrap differences (cream.stats), and their use in analysis.compare."""
+"""Standard errors and paired bootstrap differences (cream.eval.stats), and their use in analysis.compare."""
 
 import json
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 
 from analysis.compare import compare
-from cream.stats import Difference, average_stderr, paired_bootstrap, score_stderr
+from cream.eval.stats import Difference, average_stderr, paired_bootstrap, score_stderr
 
 
 def test_binomial_stderr_by_hand():

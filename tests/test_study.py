@@ -8,7 +8,7 @@ import pytest
 import analysis.study
 from analysis.study import METHODS, SCALES, SEEDS, analyse, grid, main, overrides, run_all, run_dir, run_name
 from cream.config import to_plain_dict
-from cream.data import load_prompts, shard
+from cream.data.load import load_prompts, shard
 from tests.conftest import FIXTURE_DATA
 from tests.test_sweeps import _load
 

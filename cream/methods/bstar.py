@@ -14,7 +14,7 @@ threshold picked by the balance score, and exploration and exploitation logged.
 
 Balance score of a prompt (the paper's, as we read it): min(n' / n*, 1) * n' / n, with n the selected
 responses, n' the distinct (by text) correct ones among them and n* = `bstar.n_star`; 0 when none is
-selected; averaged over prompts. Correctness is the known answer's (`cream.extract`), as in the paper.
+selected; averaged over prompts. Correctness is the known answer's (`cream.eval.extract`), as in the paper.
 
 Choices: the paper thresholds a reward model's probability; a self-reward has no fixed scale, so the threshold
 is on the reward standardized over the set's scored responses, (r - mean) / std (all 0 when std is 0); ties
@@ -27,15 +27,15 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
-from cream.artifacts import read_json
+from cream.runs.artifacts import read_json
 from cream.config import Config
 from cream.errors import ConfigError
-from cream.generation import generate
-from cream.models import load_tokenizer
-from cream.registry import ADAPTIVE_SAMPLERS, FILTERS, FilterResult
-from cream.rewarders import correctness, reward_specs, spec_scores
-from cream.rows import PromptSamples, read_rows
-from cream.scoring import distinct_count, sequence_logprobs
+from cream.engine.generation import generate
+from cream.engine.models import load_tokenizer
+from cream.plugins.registry import ADAPTIVE_SAMPLERS, FILTERS, FilterResult
+from cream.rewards.rewarders import correctness, reward_specs, spec_scores
+from cream.runs.rows import PromptSamples, read_rows
+from cream.engine.scoring import distinct_count, sequence_logprobs
 from cream.stages.sample import SamplingChoice
 
 

@@ -22,8 +22,8 @@ from typing import Optional
 
 from cream.config import Config, RewarderName
 from cream.errors import ConfigError
-from cream.pairing import preference_probability
-from cream.registry import FILTERS, LOSSES, REWARDERS, FilterResult
+from cream.rewards.pairing import preference_probability
+from cream.plugins.registry import FILTERS, LOSSES, REWARDERS, FilterResult
 
 IMPLICIT = RewarderName.implicit.value
 

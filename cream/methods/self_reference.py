@@ -28,10 +28,10 @@ from typing import Optional
 
 from cream.config import RewarderName, SelfReferenceConfig
 from cream.errors import ConfigError, StageError
-from cream.generation import chat_prompt_ids, generate
-from cream.models import load_tokenizer
-from cream.registry import REWARDERS, Scores
-from cream.scoring import sequence_logprobs
+from cream.engine.generation import chat_prompt_ids, generate
+from cream.engine.models import load_tokenizer
+from cream.plugins.registry import REWARDERS, Scores
+from cream.engine.scoring import sequence_logprobs
 
 PLACEHOLDER = re.compile(r"\{(prompt|reference|response_a|response_b)\}")
 

@@ -1,7 +1,7 @@
 """SPPO (Self-Play Preference Optimization, Wu et al. 2024, arXiv 2405.00675) as losses.
 
 Each response y of a prompt has a win rate P(y > pi_t), its mean preference probability against the
-prompt's other samples under the self-reward (`cream.pairing.win_rates`, P(y_i > y_j) = sigmoid((r_i -
+prompt's other samples under the self-reward (`cream.rewards.pairing.win_rates`, P(y_i > y_j) = sigmoid((r_i -
 r_j) / pairs.tau)). SPPO regresses the log-ratio onto it:
 
     (log pi(y|x) - log pi_t(y|x) - eta * (P(y > pi_t) - 1/2))^2
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from cream.registry import LOSSES, Loss
+from cream.plugins.registry import LOSSES, Loss
 
 
 def sppo_loss(logratio: torch.Tensor, win_rate: torch.Tensor, eta: float) -> torch.Tensor:

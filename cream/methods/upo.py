@@ -28,10 +28,10 @@ import torch
 
 from cream.config import Config, DropoutSite, RewarderName, UpoWeighting
 from cream.errors import ConfigError
-from cream.models import load_tokenizer
-from cream.pairing import preference_probability
-from cream.registry import FILTERS, FilterResult
-from cream.scoring import distinct_count, sequence_logprobs
+from cream.engine.models import load_tokenizer
+from cream.rewards.pairing import preference_probability
+from cream.plugins.registry import FILTERS, FilterResult
+from cream.engine.scoring import distinct_count, sequence_logprobs
 
 IMPLICIT = RewarderName.implicit.value
 

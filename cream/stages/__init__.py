@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Optional, Union
 
 from cream.config import Config
-from cream.logger import RunLogger
-from cream.model_pool import ModelPool
-from cream.models import ModelRef
+from cream.runs.logger import RunLogger
+from cream.engine.model_pool import ModelPool
+from cream.engine.models import ModelRef
 
 Output = Union[Path, ModelRef]
 

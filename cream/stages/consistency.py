@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from cream.consistency import measured_consistency, training_consistency
-from cream.rows import ConsistencyRow, RewardRow, read_rows, write_rows
+from cream.rewards.consistency import measured_consistency, training_consistency
+from cream.runs.rows import ConsistencyRow, RewardRow, read_rows, write_rows
 from cream.stages import Context, StageResult
 
 NAME = "consistency"

@@ -5,7 +5,7 @@ The newest model M_t samples `diagnose.n` responses for `diagnose.prompts` held-
 the run's training shards, so never trained on) whose answers are known. Every rewarder of
 `diagnose.rewarders` scores them under M_t (the implicit reward with the reference `rewarder.reference`
 names), and each prompt's C is measured as the loop measures it: the run's rewarder on M_t against
-M_{t-1}'s ranking (`reward_specs`). The arithmetic is `cream.diagnostics.diagnose_rewarder`.
+M_{t-1}'s ranking (`reward_specs`). The arithmetic is `cream.rewards.diagnostics.diagnose_rewarder`.
 """
 
 from __future__ import annotations
@@ -17,17 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cream.artifacts import write_bytes, check_finite, write_json, write_jsonl
+from cream.runs.artifacts import write_bytes, check_finite, write_json, write_jsonl
 from cream.config import Config, RewarderName
-from cream.consistency import measured_consistency
-from cream.diagnostics import GROUPS, PromptOutcome, consistency_split, diagnose_rewarder
+from cream.rewards.consistency import measured_consistency
+from cream.rewards.diagnostics import GROUPS, PromptOutcome, consistency_split, diagnose_rewarder
 from cream.errors import DataError, StageError
-from cream.generation import chat_prompt_ids, generate
-from cream.models import load_tokenizer
-from cream.pairing import PairStats, choose_pair
-from cream.rewarders import RewardSpec, correctness, reward_specs, spec_scores
-from cream.rows import PromptSamples, write_rows
-from cream.scoring import sequence_logprobs
+from cream.engine.generation import chat_prompt_ids, generate
+from cream.engine.models import load_tokenizer
+from cream.rewards.pairing import PairStats, choose_pair
+from cream.rewards.rewarders import RewardSpec, correctness, reward_specs, spec_scores
+from cream.runs.rows import PromptSamples, write_rows
+from cream.engine.scoring import sequence_logprobs
 from cream.stages import Context, StageResult
 
 NAME = "diagnose"

@@ -1,12 +1,12 @@
 """Evaluate: benchmark scores of the newest model (M0, M1, M_{t+1}) through lm-eval -> `eval.json`,
-`predictions.jsonl`. The protocols and backends are in `cream.evaluation`."""
+`predictions.jsonl`. The protocols and backends are in `cream.eval.harness`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from cream.artifacts import read_json
-from cream.evaluation import evaluate_model, wrong_answers
+from cream.runs.artifacts import read_json
+from cream.eval.harness import evaluate_model, wrong_answers
 from cream.stages import Context, StageResult
 
 NAME = "evaluate"

@@ -2,10 +2,10 @@
 label and weight, through the filters of `pairs.filters` -> `pairs.jsonl` (`Pair`s); and, when the loss
 trains on every response (`dpo.loss=sppo`), `scored_responses.jsonl` (`ScoredResponse`s).
 
-What the loss sees of a pair is set here: its label `target` = C*p + (1-C)*(1-p) (`cream.losses.soft_label`:
+What the loss sees of a pair is set here: its label `target` = C*p + (1-C)*(1-p) (`cream.training.losses.soft_label`:
 the consistency C of the consistency stage, the strength p = sigmoid(reward gap / pairs.tau)), its `weight`
 (1, times each filter's weight) and its penalty term (a filter's). The strategies, filters and losses are
-looked up by name in `cream.registry`.
+looked up by name in `cream.plugins.registry`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import dataclasses
 import math
 from pathlib import Path
 
-from cream.diagnostics import reward_accuracy
+from cream.rewards.diagnostics import reward_accuracy
 from cream.errors import StageError
-from cream.losses import soft_label
-from cream.pairing import PairStats, preference_probability, win_rates
-from cream.registry import FILTERS, LOSSES, PAIRINGS
-from cream.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, ScoredResponse, read_rows, write_rows
+from cream.training.losses import soft_label
+from cream.rewards.pairing import PairStats, preference_probability, win_rates
+from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS
+from cream.runs.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, ScoredResponse, read_rows, write_rows
 from cream.stages import Context, StageResult
 
 NAME = "pairs"

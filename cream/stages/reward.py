@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from cream.artifacts import read_json, write_json
+from cream.runs.artifacts import read_json, write_json
 from cream.errors import StageError
-from cream.models import load_tokenizer
-from cream.registry import FILTERS
-from cream.rewarders import correctness, reward_specs, rewarder_spec, spec_scores
-from cream.rows import PromptSamples, RewardRow, read_rows, write_rows
-from cream.scoring import distinct_count, sequence_logprobs
+from cream.engine.models import load_tokenizer
+from cream.plugins.registry import FILTERS
+from cream.rewards.rewarders import correctness, reward_specs, rewarder_spec, spec_scores
+from cream.runs.rows import PromptSamples, RewardRow, read_rows, write_rows
+from cream.engine.scoring import distinct_count, sequence_logprobs
 from cream.stages import Context, StageResult
 
 NAME = "reward"

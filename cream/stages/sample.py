@@ -4,7 +4,7 @@ Prompts too long for `model.max_length` minus the response budget are skipped, n
 cut question has no right answer. Chunks are kept in `chunks/`, so an interrupted stage resumes.
 
 What the shard is sampled with is chosen by the adaptive sampler `sampling.adaptive` names, looked up in
-`cream.registry.ADAPTIVE_SAMPLERS`: `none` samples with `sampling` as configured; a plug-in (B-STaR's `bstar`,
+`cream.plugins.registry.ADAPTIVE_SAMPLERS`: `none` samples with `sampling` as configured; a plug-in (B-STaR's `bstar`,
 cream/methods/bstar.py) may pick other settings from the current model first, and write what later stages
 read of its choice (e.g. a reward threshold) to `adaptive.json`.
 """
@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cream.artifacts import write_json
+from cream.runs.artifacts import write_json
 from cream.config import Config, SamplingConfig
-from cream.data import shard
+from cream.data.load import shard
 from cream.errors import StageError
-from cream.generation import chat_prompt_ids, generate
-from cream.models import load_tokenizer
-from cream.registry import ADAPTIVE_SAMPLERS
-from cream.rows import PromptSamples, write_rows
+from cream.engine.generation import chat_prompt_ids, generate
+from cream.engine.models import load_tokenizer
+from cream.plugins.registry import ADAPTIVE_SAMPLERS
+from cream.runs.rows import PromptSamples, write_rows
 from cream.stages import Context, StageResult
 
 NAME = "sample"

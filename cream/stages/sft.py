@@ -2,7 +2,7 @@
 
 TRL's prompt/completion format masks the prompt; its collator pads labels with -100, never with
 the pad token id (mistake 3 of the published code). `tests/test_sft.py` checks the batch.
-Like DPO, it runs under `accelerate launch` when `sft.accelerate_config` is set (`cream.launch`).
+Like DPO, it runs under `accelerate launch` when `sft.accelerate_config` is set (`cream.training.launch`).
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ from trl import SFTTrainer
 
 from cream.config import ModelConfig, SFTConfig
 from cream.errors import StageError
-from cream.finetune import last_complete_checkpoint, load_trainable, save_policy
-from cream.launch import run_training
-from cream.models import ModelRef, load_tokenizer
+from cream.training.finetune import last_complete_checkpoint, load_trainable, save_policy
+from cream.training.launch import run_training
+from cream.engine.models import ModelRef, load_tokenizer
 from cream.stages import Context, StageResult
 
 NAME = "sft"

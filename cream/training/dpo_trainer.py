@@ -1,0 +1,139 @@
+"""The loss of `dpo.loss` on TRL's DPOTrainer (pinned: trl==1.16.0).
+
+The subclass changes four things and nothing else:
+- examples arrive tokenized (the exact ids that were sampled and scored), so TRL's tokenization is skipped;
+- the reference log-probs are the reward stage's, passed as columns, so TRL's precompute pass is skipped;
+- the per-example columns the loss reads (a pair's label `target`, `weight`, penalty) reach it (stock TRL
+  drops extra columns and its sigmoid loss ignores label smoothing);
+- the loss is the registered one (`cream.plugins.registry.LOSSES`), computed from the summed log-probs of the batch's
+  sequences. Its layout decides the examples: `pairs` (TRL's collator, the batch stacked [chosen; rejected])
+  or `responses` (one sequence per scored response, SPPO): the same forward either way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from trl import DPOConfig as TRLDPOConfig
+from trl import DPOTrainer
+from trl.trainer.dpo_trainer import DataCollatorForPreference
+from trl.trainer.utils import pad
+
+from cream.config import DPOConfig
+from cream.training.losses import CREAM
+from cream.plugins.registry import Loss
+from cream.runs.rows import Pair, ScoredResponse, read_rows
+
+# per layout: the row type of its file and the columns every loss of that layout reads
+LAYOUTS = {
+    "pairs": (Pair, ("prompt_ids", "chosen_ids", "rejected_ids", "ref_chosen_logps", "ref_rejected_logps")),
+    "responses": (ScoredResponse, ("prompt_ids", "completion_ids", "ref_logps")),
+}
+
+
+def loss_columns(loss: Loss) -> tuple[str, ...]:
+    """Every column a loss's examples carry: its layout's ids and reference log-probs, then its own."""
+    return (*LAYOUTS[loss.layout][1], *loss.columns)
+
+
+class ExampleCollator(DataCollatorForPreference):
+    """TRL's preference collator for pairs, or one padded sequence per response, plus the loss's own columns."""
+
+    def __init__(self, pad_token_id: int, loss: Loss = CREAM):
+        super().__init__(pad_token_id=pad_token_id)
+        self.loss = loss
+
+    def torch_call(self, examples):
+        batch = super().torch_call(examples) if self.loss.layout == "pairs" else self._responses(examples)
+        for column in self.loss.columns:
+            batch[column] = torch.tensor([float(e[column]) for e in examples])
+        return batch
+
+    def _responses(self, examples):
+        ids = [torch.tensor(e["prompt_ids"] + e["completion_ids"]) for e in examples]
+        completion = [torch.tensor([0] * len(e["prompt_ids"]) + [1] * len(e["completion_ids"])) for e in examples]
+        return {
+            "input_ids": pad(ids, padding_value=self.pad_token_id, padding_side="right"),
+            "attention_mask": pad([torch.ones_like(i) for i in ids], padding_value=0, padding_side="right"),
+            "completion_mask": pad(completion, padding_value=0, padding_side="right"),
+            "ref_logps": torch.tensor([float(e["ref_logps"]) for e in examples]),
+        }
+
+
+class CreamDPOTrainer(DPOTrainer):
+    """DPOTrainer whose loss is the registered `loss` (default: `cream`, C * (-log sigmoid h) + (1 - C) *
+    (-log sigmoid -h) with a per-pair label and weight)."""
+
+    def __init__(self, *args, loss: Loss = CREAM, **kwargs):
+        self.loss_plugin = loss  # read by `_prepare_dataset` during DPOTrainer's own __init__
+        super().__init__(*args, **kwargs)
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        missing = [c for c in loss_columns(self.loss_plugin) if c not in dataset.column_names]
+        if missing:
+            raise ValueError(f"CreamDPOTrainer needs pre-tokenized {self.loss_plugin.layout}; missing columns {missing}")
+        return dataset
+
+    def _set_signature_columns_if_needed(self):
+        self._signature_columns = list(loss_columns(self.loss_plugin))
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        return dataset  # the reward stage already computed them under M_t
+
+    def _compute_loss(self, model, inputs, return_outputs):
+        mode = "train" if self.model.training else "eval"
+        completion_mask = inputs["completion_mask"]
+        labels = inputs["input_ids"].masked_fill(completion_mask == 0, -100)
+        outputs = model(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            labels=labels,
+            use_cache=False,
+            fused_lm_head=True,
+        )
+        logps = outputs.log_probs[:, -(completion_mask.size(1) - 1) :].sum(dim=1)  # one per sequence
+        per_example, logged = self.loss_plugin.per_example(logps, inputs, self.beta)
+        metrics = self._metrics[mode]
+        for name, values in logged.items():
+            metrics[name].append(self.accelerator.gather(values.detach()).mean().item())
+        loss = per_example.mean()
+        return (loss, outputs) if return_outputs else loss
+
+
+def examples_dataset(path: Path, loss: Loss = CREAM):
+    """The examples of `path` (pairs.jsonl or scored_responses.jsonl) with the columns `loss` reads."""
+    from datasets import Dataset
+
+    row_type = LAYOUTS[loss.layout][0]
+    return Dataset.from_list([{c: getattr(row, c) for c in loss_columns(loss)} for row in read_rows(path, row_type)])
+
+
+def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int, device: str = "cpu") -> TRLDPOConfig:
+    steps = math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
+    return TRLDPOConfig(
+        output_dir=str(output_dir),
+        beta=cfg.beta,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # < 1 reads as a ratio of the total steps
+        # TRL turns both on by default; the config decides.
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        precompute_ref_log_probs=True,
+        max_length=None,
+        logging_steps=max(1, int(steps // 20)),
+        save_strategy="steps",
+        save_steps=max(1, int(steps // 4)),
+        save_total_limit=1,
+        report_to=[],
+        seed=seed,
+        use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
+        dataloader_pin_memory=False,  # a collator may build device tensors, which cannot be pinned
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
