@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 from omegaconf.errors import OmegaConfBaseException
 
 from cream.config import load_config
-from cream.errors import CreamError
+from cream.errors import CreamError, system_error
 
 
 def fail(message: str, code: int = 2) -> None:
@@ -26,12 +26,14 @@ def main(cfg: DictConfig) -> None:
         run(load_config(cfg))
     except CreamError as e:
         fail(str(e))
-    except OSError as e:  # a read-only folder, a full disk
-        path = e.filename2 or e.filename  # a rename's target
-        fail(f"{path}: {e.strerror}" if path else str(e))
     except KeyboardInterrupt:
         print(file=sys.stderr)  # a line of its own, after any progress bar cut short
         fail(f"interrupted; rerun the same command with run_name={cfg.run_name} to resume", 130)
+    except Exception as e:  # a read-only folder, a full disk: completed stages are kept, the same command resumes
+        report = system_error(e)
+        if report is None:
+            raise
+        fail(report)
 
 
 def experiment_as_override(argv: list[str]) -> list[str]:

@@ -36,8 +36,9 @@ from pathlib import Path
 from typing import Optional
 
 from analysis.compare import compare
-from cream.runs.artifacts import read_json
 from cream.errors import CreamError, DataError
+from cream.runs.reader import RunReader
+from cream.runs.run_folder import RUN_MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("srlm_smollm", "cream_smollm", "oracle_smollm")  # the presets of conf/experiment/
@@ -72,12 +73,13 @@ def run_dir(runs_root: Path, scale: str, method: str, seed: int) -> Path:
 
 def state(folder: Path) -> str:
     """`finished` (the last model evaluated), `unfinished` (some stages logged) or `missing` (none logged)."""
-    if not (folder / "run.json").is_file() or not (folder / "metrics.jsonl").is_file():
+    run = RunReader(folder)
+    if not run.exists():
         return "missing"
-    iterations = read_json(folder / "run.json").get("config", {}).get("iterations")
+    iterations = run.config.get("iterations")
     if not isinstance(iterations, int):
-        raise DataError(f"{folder / 'run.json'}: no integer config.iterations; not a run folder of train.py")
-    return "finished" if (folder / f"iter_{iterations}" / "evaluate" / "DONE").is_file() else "unfinished"
+        raise DataError(f"{folder / RUN_MANIFEST}: no integer config.iterations; not a run folder of train.py")
+    return "finished" if run.evaluated(iterations + 1) else "unfinished"  # M_{iterations+1}, the last model
 
 
 def analyse(scale: str, runs_root: Path, out_dir: Path) -> dict:

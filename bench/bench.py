@@ -28,20 +28,15 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cream.runs.artifacts import read_jsonl  # noqa: E402
-from cream.config import (  # noqa: E402
-    DataSource,
-    DPOConfig,
-    EvalConfig,
-    EvalProtocol,
-    LoraConfig,
-    ModelConfig,
-    PathsConfig,
-    SamplingBackend,
-    SamplingConfig,
-)
+from cream.config import DPOConfig, EvalConfig, ModelConfig, PathsConfig, SamplingConfig  # noqa: E402
+from cream.config.data import DataSource  # noqa: E402
+from cream.config.engine import SamplingBackend  # noqa: E402
+from cream.config.eval import EvalProtocol  # noqa: E402
+from cream.config.training import LoraConfig  # noqa: E402
 from cream.data.load import resolve_data_dir  # noqa: E402
 from cream.engine.model_pool import ModelPool  # noqa: E402
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.engine.models import load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.runs.model_ref import ModelRef
 from cream.engine.scoring import sequence_logprobs  # noqa: E402
 from cream.engine.generation import generate  # noqa: E402
 

@@ -15,7 +15,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from cream.config import Config, DiagnoseConfig, RewarderName
+from cream.config import DiagnoseConfig
+from cream.config.plugins import RewarderName
 
 
 JUDGES = Path(__file__).resolve().parent.parent / "conf" / "judge"  # the judge group's choices, for --judge
@@ -72,18 +73,21 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     from cream.errors import ConfigError, DataError
     from cream.runs.logger import RunLogger
     from cream.engine.model_pool import ModelPool
-    from cream.engine.models import resolve_device
+    from cream.engine.models import resolve_device, resolve_model_dir
+    from cream.runs.model_ref import ModelRef
+    from cream.runs.reader import RunReader
     from cream.runs.run_folder import RUN_MANIFEST, data_identity, digest, prepare_stage, select
-    from cream.stages import Context, diagnose
+    from cream.plugins.contracts import Context
+    from cream.stages import diagnose
     from omegaconf import OmegaConf
 
     rewarders = parse_rewarders(args.rewarders)
     run_dir = Path(args.run)
     if not (run_dir / RUN_MANIFEST).is_file():
         raise ConfigError(f"argument --run: {run_dir} is not a run folder (no {RUN_MANIFEST})")
-    manifest = read_json(run_dir / RUN_MANIFEST)
+    run = RunReader(run_dir)
     # run.json holds every setting that changes a result; the others are this command's
-    stored = {**manifest["config"], "run_name": run_dir.name, "logger": {"mode": "disabled"}, "paths": {"data": args.data}}
+    stored = {**run.config, "run_name": run_dir.name, "logger": {"mode": "disabled"}, "paths": {"data": args.data}}
     if args.judge:
         judge_file = JUDGES / f"{args.judge}.yaml"
         if not judge_file.is_file():
@@ -92,14 +96,16 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     cfg = load_config(OmegaConf.create(stored))
     cfg.diagnose = dataclasses.replace(cfg.diagnose, prompts=args.prompts, n=args.n, rewarders=rewarders,
                                        max_new_tokens=args.max_new_tokens, bootstrap=args.bootstrap)
-    models = run_models(run_dir, cfg)
+    models = run.models(ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser())), cfg.sft.enabled)
+    if len(models) < 2:
+        raise ConfigError(f"argument --run: {run_dir} has no completed SFT, so no model to diagnose yet")
     t = len(models) - 1 if args.iteration is None else args.iteration
     if not 1 <= t < len(models):
         raise ConfigError(f"argument --iteration: the run has models M0..M{len(models) - 1}; give t in 1..{len(models) - 1} "
                           f"(M_t is compared with M_(t-1)), got {t}")
     data_dir = resolve_data_dir(cfg.paths.data, cfg.data.source)
     prompts = load_prompts(cfg.data, data_dir, cfg.seed)
-    if data_identity(prompts, [], [])["prompts"] != manifest["data"]["prompts"]:
+    if data_identity(prompts, [], [])["prompts"] != run.data["prompts"]:
         raise DataError(f"argument --data: the prompts read from {data_dir or 'the hub'} are not those run {run_dir} "
                         "was trained on, so the held-out prompts would not be held out; give the run's data directory")
     out = Path(args.out) if args.out else run_dir / "diagnose" / f"m{t}"
@@ -108,35 +114,13 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     # a folder sampled under other settings starts over; one sampled under these keeps its finished chunks
     # (responses, judgements), whatever the rewarders or the bootstrap asked for now
     prepare_stage(out, {"config": digest(select(to_plain_dict(cfg), SAMPLED_UNDER)),
-                        "models": [m.as_dict() for m in models[: t + 1]], "data": manifest["data"]["prompts"]})
+                        "models": [m.as_dict() for m in models[: t + 1]], "data": run.data["prompts"]})
     device = resolve_device(cfg.device)
     ctx = Context(cfg=cfg, pool=ModelPool(cfg.model, device), device=device, logger=RunLogger(cfg, out),
                   data_dir=data_dir, prompts=prompts, sft_examples=[], models=models[: t + 1],
                   iteration=t - 1)  # the iteration whose training made M_t: the loop's sampling seed
     diagnose.run(ctx, out)
     return out, read_json(out / diagnose.DIAGNOSIS)
-
-
-def run_models(run_dir: Path, cfg: Config) -> list:
-    """M0, M1, ... as the run's loop built them: M1 by SFT (M0's weights without it), M_{k+1} by iteration k's training."""
-    from cream.runs.artifacts import MANIFEST, is_complete, read_json
-    from cream.errors import ConfigError
-    from cream.engine.models import ModelRef, resolve_model_dir
-    from cream.runs.run_folder import stored_model
-
-    def trained(stage_dir: Path) -> ModelRef:
-        return stored_model(run_dir, read_json(stage_dir / MANIFEST)["artifacts"]["model"]["model"])
-
-    m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
-    if not cfg.sft.enabled:
-        models = [m0, ModelRef("m1", m0.base)]
-    elif is_complete(run_dir / "iter_0" / "sft"):
-        models = [m0, trained(run_dir / "iter_0" / "sft")]
-    else:
-        raise ConfigError(f"argument --run: {run_dir} has no completed SFT (iter_0/sft), so no model to diagnose yet")
-    while is_complete(run_dir / f"iter_{len(models) - 1}" / "dpo"):
-        models.append(trained(run_dir / f"iter_{len(models) - 1}" / "dpo"))
-    return models
 
 
 def summary(diagnosis: dict) -> str:

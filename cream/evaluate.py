@@ -9,7 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from cream.config import DataSource, EvalConfig, EvalProtocol, ModelConfig, PathsConfig
+from cream.config import EvalConfig, ModelConfig, PathsConfig
+from cream.config.data import DataSource
+from cream.config.eval import EvalProtocol
 from cream.errors import CreamError
 from cream.eval.task_files import KNOWN_TASKS
 

@@ -19,16 +19,19 @@ from typing import Optional
 import torch
 
 from cream.runs.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
-from cream.runs import preflight
+from cream import preflight
 from cream.config import Config
+from cream.config.eval import EvalProtocol
 from cream.data.load import check_shards, load_prompts, load_sft_examples, resolve_data_dir
-from cream.errors import DataError
-from cream.eval.task_files import split_file
+from cream.eval.task_files import check_data, lm_tasks
 from cream.runs.logger import METRICS, RunLogger
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import ModelRef, resolve_device, resolve_model_dir
-from cream.runs.run_folder import RunFolder, data_identity, digest, outputs_digest, prepare_stage, select
-from cream.stages import Context, StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, dpo
+from cream.engine.models import resolve_device, resolve_model_dir
+from cream.runs.model_ref import ModelRef
+from cream.runs.run_folder import (EVALUATE_M0, RunFolder, data_identity, digest, outputs_digest, prepare_stage, select,
+                                   stage_folder)
+from cream.plugins.contracts import Context
+from cream.stages import StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, dpo
 
 log = logging.getLogger("cream")
 ITERATION = (sample, reward, consistency, pairs, dpo)  # then evaluate, when eval.enabled
@@ -44,7 +47,7 @@ class Run:
     def __init__(self, cfg: Config, data: dict):
         self.folder = RunFolder(cfg, data)
         self.dir = self.folder.dir
-        self.data_digest = digest(data)
+        self.data = data
         self.logged = _logged_stages(self.dir / METRICS)
         self.logger = RunLogger(cfg, self.dir, run_id=self.folder.manifest["wandb_id"])
         self.folder.save(self.logger.run_id)
@@ -52,20 +55,21 @@ class Run:
         self.stage_seconds: dict[str, float] = {}
 
     def fingerprint(self, ctx: Context, stage: ModuleType) -> dict:
-        """What a stage's result depends on: its settings, its inputs, the models so far, the data."""
+        """What a stage's result depends on: its settings, its inputs, the models so far, the parts of the data it
+        reads (`DATA`: an edited evaluation file recomputes the evaluations only)."""
         return {
             "config": digest(select(self.folder.config, stage.CONFIG)),
             "inputs": {s: ctx.digests[s] for s in stage.READS},
             # a model no stage produced (M0) is what the `model` settings say
             "models": [self.model_digests.get(m.name, m.name) for m in ctx.models],
-            "data": self.data_digest,
+            "data": digest({part: self.data[part] for part in stage.DATA}),  # only the data it reads
         }
 
     def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None) -> StageResult:
         """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once."""
         name = name or stage.NAME
         iteration = ctx.iteration
-        stage_dir = self.dir / f"iter_{iteration}" / name
+        stage_dir = stage_folder(self.dir, iteration, name)
         fingerprint = self.fingerprint(ctx, stage)
         manifest = read_json(stage_dir / MANIFEST) if is_complete(stage_dir) else None
         if manifest is not None and manifest.get("fingerprint") == fingerprint:
@@ -105,23 +109,23 @@ class Run:
 
 
 def _logged_stages(metrics_path: Path) -> set[tuple[int, str]]:
-    """The (iteration, stage) records of metrics.jsonl; a last line torn by a kill is dropped."""
+    """The (iteration, stage) records of metrics.jsonl. A last line without its newline was torn by a kill: it is
+    dropped (its stage's manifest restores the record), so the next record starts a line of its own."""
     if not metrics_path.is_file():
         return set()
-    try:
-        records = list(iter_jsonl(metrics_path))
-    except DataError:  # a kill tears the last line only: other damage is still reported, naming the line
-        metrics_path.write_bytes(b"".join(metrics_path.read_bytes().splitlines(keepends=True)[:-1]))
-        records = list(iter_jsonl(metrics_path))
-    return {(r["iteration"], r["stage"]) for r in records}
+    content = metrics_path.read_bytes()
+    if content and not content.endswith(b"\n"):
+        metrics_path.write_bytes(content[:content.rfind(b"\n") + 1])
+    return {(r["iteration"], r["stage"]) for r in iter_jsonl(metrics_path)}  # other damage: DataError naming the line
 
 
 def eval_files(cfg: Config, data_dir: Optional[Path]) -> list[Path]:
-    """The local split files the evaluation reads."""
+    """The local split files the evaluation reads, each checked now (a missing, empty or malformed one is
+    reported before any model loads, naming the file and line)."""
     if not cfg.eval.enabled or data_dir is None:
         return []
-    files = [split_file(t, data_dir, cfg.eval.split) for t in cfg.eval.tasks]
-    return [f for f in files if f.is_file()]  # a missing one is reported by the evaluate stage, naming it
+    protocol = EvalProtocol(cfg.eval.protocol)
+    return [check_data(task, lm_tasks(task, protocol, hub=False), data_dir, cfg.eval.split)[0] for task in cfg.eval.tasks]
 
 
 def run(cfg: Config) -> dict:
@@ -137,9 +141,10 @@ def run(cfg: Config) -> dict:
     if cfg.diagnose.enabled:
         diagnose.held_out(prompts, cfg)  # enough prompts beyond the shards
     sft_examples = load_sft_examples(cfg.data.sft_split, data_dir, cfg.sft.max_examples, cfg.seed) if cfg.sft.enabled else []
+    identity = data_identity(prompts, sft_examples, eval_files(cfg, data_dir))
 
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
-    run_ = Run(cfg, data_identity(prompts, sft_examples, eval_files(cfg, data_dir)))
+    run_ = Run(cfg, identity)
     device = resolve_device(cfg.device)
     ctx = Context(cfg=cfg, pool=ModelPool(cfg.model, device), device=device,
                   logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
@@ -153,7 +158,7 @@ def run(cfg: Config) -> dict:
             scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
             log.info("scores\n%s", score_table(scores))
 
-    evaluate_newest("evaluate_m0")
+    evaluate_newest(EVALUATE_M0)
     if cfg.sft.enabled:
         run_.stage(ctx, sft)
         evaluate_newest(evaluate.NAME)

@@ -33,10 +33,12 @@ def fixture_data() -> Path:
 
 def stage_context(run_dir: Path, models, prompts=(), iteration: int = 1, **sections):
     """A stage's `Context` on the tiny model: the default config with `sections` replaced, W&B off."""
-    from cream.config import Config, DataConfig, LoggerConfig, LoggerMode, ModelConfig, ModelSource
+    from cream.config import Config, DataConfig, LoggerConfig, ModelConfig
+    from cream.config.engine import ModelSource
+    from cream.config.runs import LoggerMode
     from cream.runs.logger import RunLogger
     from cream.engine.model_pool import ModelPool
-    from cream.stages import Context
+    from cream.plugins.contracts import Context
 
     sections.setdefault("model", ModelConfig(name="tiny", source=ModelSource.tiny, max_length=128))
     sections.setdefault("data", DataConfig(shard_size=max(len(prompts), 1)))

@@ -8,8 +8,11 @@ import sys
 
 import pytest
 
-from analysis.compare import (FIGURES, OFFSET_SPAN, Point, _plot, _wandb_unavailable, compare, group_methods, load_run,
-                              offsets, points, y_range)
+from analysis.compare import compare
+from analysis.figures import FIGURES, OFFSET_SPAN, offsets, plot, y_range
+from analysis.load import group_methods, load_run
+from analysis.stats import Point, points
+from analysis.upload import wandb_unavailable
 from tests.conftest import FIXTURE_DATA, REPO
 from tests.test_integration import cli
 
@@ -138,7 +141,7 @@ def test_wandb_upload_needs_online_mode_and_a_key(monkeypatch, tmp_path, env, ne
         monkeypatch.setenv(name, value)
     (tmp_path / "netrc").write_text(netrc)
     monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
-    why = _wandb_unavailable()
+    why = wandb_unavailable()
     assert why is None if reason is None else why.startswith(reason)
 
 
@@ -236,7 +239,7 @@ def test_offsets_are_distinct_centred_and_within_the_span(n):
 def test_tied_methods_are_drawn_apart_on_one_shared_range(seeded, tmp_path):
     methods = _methods(seeded)
     panels = [("eval/arc_easy", "arc_easy"), ("eval/average", "average")]
-    fig = _plot(tmp_path / "b.png", "t", "accuracy", panels, methods, "models", "model", "M{}", ylim=(20.0, 70.0),
+    fig = plot(tmp_path / "b.png", "t", "accuracy", panels, methods, "models", "model", "M{}", ylim=(20.0, 70.0),
                 percent_of=100)
     for ax in fig.axes[:len(panels)]:
         low, high = ax.get_ylim()

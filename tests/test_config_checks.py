@@ -10,8 +10,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from cream.runs import preflight
-from cream.config import ModelConfig, ModelSource
+from cream import preflight
+from cream.config import ModelConfig
+from cream.config.engine import ModelSource
 from cream.errors import ConfigError, ModelError
 from tests.test_config import CONF, _compose, _load
 
@@ -24,7 +25,7 @@ def _key(key: str) -> str:
     return f"`{key}`".replace(".", r"\.")
 
 
-# --- item 8: range and choice checks in cream/config.py ----------------------------------------------------
+# --- item 8: range and choice checks in cream/config/ ------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -84,7 +85,7 @@ def test_valid_edges_still_load(overrides):
 def test_every_transformers_scheduler_name_is_accepted():
     from transformers.trainer_utils import SchedulerType
 
-    from cream.config import SCHEDULERS
+    from cream.config.training import SCHEDULERS
 
     assert set(SCHEDULERS) == {s.value for s in SchedulerType}  # the written-out list is transformers' own
     for name in SchedulerType:
@@ -272,7 +273,8 @@ def test_the_embedded_model_needs_its_wheel_unless_converted(tmp_path, monkeypat
         preflight.check(cfg)
     converted = tmp_path / Path(cfg.model.path).stem
     converted.mkdir()
-    (converted / cream.engine.models._COMPLETE).touch()
+    (converted / "config.json").write_text("{}")
+    cream.engine.models._mark_complete(converted)
     preflight.check(cfg)  # converted once already: the wheel is no longer read
 
 

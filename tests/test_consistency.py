@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from cream.config import AgreementMeasure, RegularizerName
+from cream.config.rewards import AgreementMeasure, RegularizerName
 from cream.rewards.consistency import (
     kendall_tau,
     measured_consistency,

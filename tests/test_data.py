@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from cream.data import load as data
-from cream.config import DataConfig, DataSource
+from cream.config import DataConfig
+from cream.config.data import DataSource
 from cream.data.load import (
     check_shards,
     convert_arc,

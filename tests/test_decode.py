@@ -3,11 +3,13 @@
 import pytest
 import torch
 
-from cream.config import ModelConfig, ModelSource, SamplingBackend, SamplingConfig
+from cream.config import ModelConfig, SamplingConfig
+from cream.config.engine import ModelSource, SamplingBackend
 from cream.engine.decode import Decoder, sample_tokens
 from cream.errors import ConfigError
 from cream.engine.generation import chat_prompt_ids
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.models import load_base_model, load_tokenizer
+from cream.runs.model_ref import ModelRef
 from cream.stages import sample
 from tests.conftest import stage_context
 

@@ -10,12 +10,15 @@ import sys
 import pytest
 import torch
 
-from cream.config import Config, DPOConfig, LoggerConfig, LoggerMode, ModelConfig, ModelSource
+from cream.config import Config, DPOConfig, LoggerConfig, ModelConfig
+from cream.config.engine import ModelSource
+from cream.config.runs import LoggerMode
 from cream.engine.decode import Decoder
 from cream.errors import ConfigError
 from cream.engine.generation import chat_prompt_ids
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer, resolve_device
+from cream.engine.models import load_base_model, load_tokenizer, resolve_device
+from cream.runs.model_ref import ModelRef
 from cream.engine.scoring import sequence_logprobs
 from tests.conftest import FIXTURE_DATA, REPO
 

@@ -6,8 +6,10 @@ import re
 
 import pytest
 
-from cream.config import (AgreementMeasure, Config, DataConfig, DiagnoseConfig, JudgeConfig, ModelConfig, ModelSource,
-                          RewarderName, SamplingConfig)
+from cream.config import Config, DataConfig, DiagnoseConfig, JudgeConfig, ModelConfig, SamplingConfig
+from cream.config.engine import ModelSource
+from cream.config.rewards import AgreementMeasure
+from cream.config.plugins import RewarderName
 from cream.rewards.consistency import prompt_consistency
 from cream.data.load import load_prompts
 from cream.diagnose import main
@@ -15,8 +17,10 @@ from cream.rewards.diagnostics import PromptOutcome, consistency_split, diagnose
 from cream.errors import ConfigError, DataError
 from cream.eval.extract import is_correct
 from cream.engine.generation import chat_prompt_ids
-from cream.engine.models import ModelRef, load_tokenizer
-from cream.rewards.pairing import PairStats, choose_pair
+from cream.engine.models import load_tokenizer
+from cream.runs.model_ref import ModelRef
+from cream.plugins.contracts import PairStats
+from cream.rewards.pairing import choose_pair
 from cream.stages import diagnose
 from tests.conftest import FIXTURE_DATA, stage_context
 from tests.test_config import _load

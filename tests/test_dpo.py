@@ -4,15 +4,17 @@ import pytest
 import torch
 from trl import DPOTrainer
 
-from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource
-from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
+from cream.config import DPOConfig, ModelConfig
+from cream.config.engine import ModelSource
+from cream.config.training import LoraConfig
+from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, train, training_args
 from cream.engine.generation import chat_prompt_ids
 from cream.training.losses import CREAM, cream_loss
 from cream.plugins.registry import LOSSES
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.models import load_base_model, load_tokenizer
+from cream.runs.model_ref import ModelRef
 from cream.runs.rows import Pair, write_rows
 from cream.engine.scoring import sequence_logprobs
-from cream.stages.dpo import train
 
 
 def _pairs(tokenizer, model, consistency):
@@ -52,7 +54,7 @@ def _trainer(setup, consistency, loss=CREAM, trl_loss_type="sigmoid"):
     return trainer, batch
 
 
-def test_c_one_equals_trl_sigmoid_loss_on_the_same_batch(setup):
+def test_target_one_equals_trl_sigmoid_loss_on_the_same_batch(setup):
     trainer, batch = _trainer(setup, [1.0, 1.0, 1.0])
     model = trainer.model
     ours = trainer._compute_loss(model, dict(batch), False)
@@ -70,7 +72,7 @@ def test_sppo_hard_equals_trls_sppo_hard_on_the_same_batch(setup):
     assert ours.item() > 1.0  # (0.5 / beta)^2 = 25 per side at the start: not a vacuous match
 
 
-def test_per_pair_consistency_reaches_the_loss(setup):
+def test_each_pairs_target_reaches_the_loss(setup):
     consistency = [0.9, 0.2, 0.5]
     trainer, batch = _trainer(setup, consistency)
     assert batch["target"].tolist() == pytest.approx(consistency)  # with strength 1 the label is C
@@ -81,12 +83,12 @@ def test_per_pair_consistency_reaches_the_loss(setup):
         logps = out.log_probs.sum(1)
         chosen, rejected = logps.chunk(2)
         h = trainer.beta * ((chosen - batch["ref_chosen_logps"]) - (rejected - batch["ref_rejected_logps"]))
-        expected = cream_loss(h, torch.tensor(consistency)).mean()
+        expected = cream_loss(h, batch["target"]).mean()
         ours = trainer._compute_loss(model, dict(batch), False)
     assert ours.item() == pytest.approx(expected.item(), rel=1e-5)
     stock = DPOTrainer._compute_loss(trainer, model, {k: v for k, v in batch.items()
                                                       if k not in ("target", "weight", "penalty", "penalty_target")}, False)
-    assert abs(ours.item() - stock.item()) > 1e-4  # C < 1 really changes the loss
+    assert abs(ours.item() - stock.item()) > 1e-4  # a target < 1 really changes the loss
 
 
 def test_training_runs_through_the_hook_and_saves_an_adapter(setup, tiny_model_dir):

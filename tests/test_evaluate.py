@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from cream.runs.artifacts import read_json, read_jsonl, write_jsonl
-from cream.config import EvalConfig, EvalProtocol
+from cream.config import EvalConfig
+from cream.config.eval import EvalProtocol
 from cream.errors import ConfigError, DataError
 from cream.evaluate import main
 from cream.eval.harness import evaluate_model, wrong_answers

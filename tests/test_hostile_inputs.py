@@ -15,7 +15,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cream.config import EvalConfig, ModelConfig, ModelSource, TrainingConfig
+from cream.config import EvalConfig, ModelConfig
+from cream.config.engine import ModelSource
+from cream.config.training import TrainingConfig
 from cream.errors import CreamError, ModelError
 from tests.conftest import FIXTURE_DATA, REPO
 from tests.test_integration import cli
@@ -77,7 +79,7 @@ def test_evaluation_and_the_loop_refuse_an_adapter_with_pickle_weights(tiny_mode
     from cream.eval.harness import evaluate_model
     from cream.training.finetune import load_trainable
     from cream.engine.model_pool import ModelPool
-    from cream.engine.models import ModelRef
+    from cream.runs.model_ref import ModelRef
 
     with pytest.raises(ModelError, match="safetensors") as raised:
         evaluate_model(EvalConfig(tasks=["arc_easy"], limit=1, max_gen_toks=4), FIXTURE_DATA, tiny_model_dir,

@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from cream.runs.artifacts import read_json, read_jsonl
-from cream.config import EvalConfig, EvalProtocol
+from cream.config import EvalConfig
+from cream.config.eval import EvalProtocol
 from cream.eval.harness import evaluate_model
 from cream.eval.lm_eval_scoring import scoring_window
 from cream.engine.scoring import plan_batches, primers

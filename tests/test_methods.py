@@ -14,13 +14,15 @@ import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
-from cream.runs import preflight
-from cream.config import Config, DPOConfig, LoggerConfig, LoggerMode, PairsConfig, ScirConfig, load_config
+from cream import preflight
+from cream.config import Config, DPOConfig, LoggerConfig, PairsConfig, ScirConfig, load_config
+from cream.config.runs import LoggerMode
 from cream.errors import ConfigError
 from cream.training.losses import CREAM, cream_loss, soft_label
 from cream.methods.scir import vote
 from cream.methods.sppo import sppo_loss
-from cream.rewards.pairing import PairStats, adjacent, best_worst, preference_probability, ranked, win_rates
+from cream.plugins.contracts import PairStats
+from cream.rewards.pairing import adjacent, best_worst, preference_probability, ranked, win_rates
 from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS, REWARDERS, Registry
 from cream.runs.rows import Pair, RewardRow, read_rows, write_rows
 from tests.conftest import FIXTURE_DATA
@@ -296,9 +298,10 @@ def _loss_inputs(run, loss_name, tiny_model_dir, tmp_path):
     them; the trainer shuffles, so compare sorted values)."""
     from cream.training.dpo_trainer import CreamDPOTrainer, ExampleCollator, examples_dataset, training_args
     from cream.engine.models import load_tokenizer
-    from cream.config import ModelConfig, ModelSource
+    from cream.config import ModelConfig
+    from cream.config.engine import ModelSource
     from cream.engine.models import load_base_model
-    from cream.plugins.registry import Loss
+    from cream.plugins.contracts import Loss
 
     loss = LOSSES.get(loss_name)
     seen = []

@@ -8,8 +8,10 @@ import pytest
 import torch
 from hydra.errors import ConfigCompositionException
 
-from cream.runs import preflight
-from cream.config import DropoutSite, ModelConfig, ModelSource
+from cream import preflight
+from cream.config import ModelConfig
+from cream.config.engine import ModelSource
+from cream.config.plugins import DropoutSite
 from cream.errors import ConfigError
 from cream.methods.bstar import balance_score, best_setting, mean_balance, standardized
 from cream.methods.self_reference import Verdict, judge_text, pair_preference, response_scores, verdict
@@ -200,7 +202,7 @@ def test_upo_keeps_the_most_certain_half_of_cremas_pairs_with_its_weights(runs, 
     batch = _loss_inputs(runs["upo"], "cream", tiny_model_dir, tmp_path)
     assert sorted(batch["weight"].tolist()) == pytest.approx(sorted(p["weight"] for p in upo))
     assert any(w < 1 for w in batch["weight"].tolist())  # CREAM's weights are all 1
-    assert _metrics(runs["upo"], "train")["dpo/pairs"] == len(upo)
+    assert _metrics(runs["upo"], "dpo")["dpo/pairs"] == len(upo)
 
 
 def test_bstar_picks_its_setting_by_the_balance_score_and_drops_pairs_below_the_threshold(runs):

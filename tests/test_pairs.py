@@ -1,6 +1,7 @@
 import pytest
 
-from cream.rewards.pairing import PairStats, choose_pair
+from cream.plugins.contracts import PairStats
+from cream.rewards.pairing import choose_pair
 
 
 @pytest.mark.parametrize(

@@ -56,13 +56,13 @@ def reference_run(tmp_path_factory):
         "iter_0/sft/checkpoints/checkpoint-*",  # during SFT, after a checkpoint
         "iter_1/sample/chunks/00002.jsonl",  # during sampling
         "iter_1/reward/logps/m1.json",  # during rewarding: one model scored, the other not
-        "iter_1/train/checkpoints/checkpoint-*",  # during training, after a checkpoint
+        "iter_1/dpo/checkpoints/checkpoint-*",  # during training, after a checkpoint
         "iter_1/pairs/DONE",  # between stages
     ],
 )
 def test_sigkill_then_rerun_reaches_the_same_results(reference_run, tmp_path, marker):
     _kill_when(tmp_path, "crash", marker)
-    assert not (tmp_path / "smoke" / "crash" / "iter_1" / "train" / "DONE").exists()
+    assert not (tmp_path / "smoke" / "crash" / "iter_1" / "dpo" / "DONE").exists()
     result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=crash")
     assert result.returncode == 0, result.stderr[-2000:]
     if not marker.startswith("iter_0"):  # a kill during SFT leaves no completed stage to reuse
@@ -74,8 +74,8 @@ def test_sigkill_then_rerun_reaches_the_same_results(reference_run, tmp_path, ma
     ref = [json.loads(l) for l in (reference_run / "metrics.jsonl").read_text().splitlines()]
     pick = lambda records: {r["stage"]: r.get("pairs/kept", r.get("consistency/mean")) for r in records}
     assert pick(ours) == pick(ref)
-    train = next(r for r in ours if r["stage"] == "train")
-    ref_train = next(r for r in ref if r["stage"] == "train")
+    train = next(r for r in ours if r["stage"] == "dpo")
+    ref_train = next(r for r in ref if r["stage"] == "dpo")
     assert train["dpo/steps"] == ref_train["dpo/steps"]
     assert train["dpo/final_loss"] == pytest.approx(ref_train["dpo/final_loss"], rel=1e-3)
 
@@ -90,7 +90,7 @@ def test_corrupted_artifact_is_detected(reference_run, tmp_path):
     result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref")
     assert result.returncode == 2
     assert "pairs.jsonl" in result.stderr and "hash mismatch" in result.stderr
-    assert (run_dir / "iter_1" / "train" / "DONE").is_file()
+    assert (run_dir / "iter_1" / "dpo" / "DONE").is_file()
 
 
 def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_what_changed(reference_run, tmp_path):
@@ -98,8 +98,8 @@ def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_
     old_log = (tmp_path / "smoke" / "ref" / "train.log").read_bytes()
     fresh = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=false", "iterations=1")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
-    assert (tmp_path / "smoke" / "ref_2" / "iter_1" / "train" / "DONE").is_file()
-    assert b"iter 1 train" in (tmp_path / "smoke" / "ref_2" / "train.log").read_bytes()
+    assert (tmp_path / "smoke" / "ref_2" / "iter_1" / "dpo" / "DONE").is_file()
+    assert b"iter 1 dpo" in (tmp_path / "smoke" / "ref_2" / "train.log").read_bytes()
     assert (tmp_path / "smoke" / "ref" / "train.log").read_bytes() == old_log  # nothing appended to the old run's log
     forced = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=force", "dpo.beta=0.3")
     assert forced.returncode == 0, forced.stderr[-2000:]
@@ -107,7 +107,7 @@ def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_
     # consistency are reused, pairs and train are redone
     assert forced.stdout.count("complete, reusing") == 4
     assert "iter 1 pairs: computed from other settings" in forced.stdout
-    assert "iter 1 train: computed from other settings" in forced.stdout
+    assert "iter 1 dpo: computed from other settings" in forced.stdout
     record = json.loads((tmp_path / "smoke" / "ref" / "run.json").read_text())
     assert record["config"]["dpo"]["beta"] == 0.3 and "dpo.beta: 0.1 -> 0.3" in record["forced"][0]["changes"]
 
@@ -133,7 +133,7 @@ def test_a_changed_input_invalidates_every_stage_after_it(reference_run, tmp_pat
     (run_dir / "iter_1/sample/DONE").unlink()
     result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref")
     assert result.returncode == 0, result.stderr[-2000:]
-    for stage in ("reward", "consistency", "pairs", "train"):
+    for stage in ("reward", "consistency", "pairs", "dpo"):
         assert f"iter 1 {stage}: computed from other settings, inputs or data; recomputing" in result.stdout, stage
     responses = _rows(run_dir / "iter_1/sample/responses.jsonl")
     assert "An edited response." in {x["text"] for r in responses for x in r["responses"]}
@@ -168,7 +168,8 @@ def test_a_sample_chunk_of_other_prompts_is_sampled_again(tiny_model_dir, tmp_pa
     from cream.config import SamplingConfig
     from cream.engine.generation import generate
     from cream.engine.model_pool import ModelPool
-    from cream.engine.models import ModelRef, load_tokenizer
+    from cream.engine.models import load_tokenizer
+    from cream.runs.model_ref import ModelRef
     from tests.conftest import stage_context
 
     tokenizer, m1 = load_tokenizer(str(tiny_model_dir)), ModelRef("m1", str(tiny_model_dir))
@@ -195,7 +196,7 @@ def test_a_moved_run_folder_resumes_on_its_own(reference_run, tmp_path):
     moved = tmp_path / "elsewhere" / "smoke" / "ref"
     shutil.copytree(reference_run, tmp_path / "first" / "smoke" / "ref")
     shutil.move(tmp_path / "first" / "smoke" / "ref", moved)
-    shutil.rmtree(moved / "iter_1/train")  # training must find SFT's adapter in the moved folder
+    shutil.rmtree(moved / "iter_1/dpo")  # training must find SFT's adapter in the moved folder
     result = cli(*ARGS, f"paths.runs={tmp_path / 'elsewhere'}", "run_name=ref")
     assert result.returncode == 0, result.stderr[-2000:]
     for manifest in moved.rglob("*.json"):
@@ -212,7 +213,7 @@ def test_metrics_lost_to_a_kill_are_restored_and_a_torn_line_dropped(reference_r
     assert result.returncode == 0, result.stderr[-2000:]
     records = _rows(metrics)
     assert sorted((r["iteration"], r["stage"]) for r in records) == sorted(
-        [(0, "sft"), (1, "sample"), (1, "reward"), (1, "consistency"), (1, "pairs"), (1, "train")])
+        [(0, "sft"), (1, "sample"), (1, "reward"), (1, "consistency"), (1, "pairs"), (1, "dpo")])
 
 
 def test_a_second_process_on_the_same_run_is_refused_naming_the_holder(reference_run, tmp_path):

@@ -20,15 +20,18 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from safetensors.torch import load_file
 
-from cream.config import DPOConfig, LoraConfig, ModelConfig, ModelSource, SamplingConfig, SFTConfig, load_config
+from cream.config import DPOConfig, ModelConfig, SamplingConfig, SFTConfig, load_config
+from cream.config.engine import ModelSource
+from cream.config.training import LoraConfig
 from cream.data.load import load_sft_examples
 from cream.errors import ConfigError, StageError
-from cream.config import ACCELERATE_CONFIGS
+from cream.config.training import ACCELERATE_CONFIGS
 from cream.training.launch import REQUEST, RESULT
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.models import load_base_model, load_tokenizer
+from cream.runs.model_ref import ModelRef
 from cream.runs.rows import write_rows
-from cream.stages.sft import sft
-from cream.stages.dpo import train, train_in_process
+from cream.training.sft_trainer import sft
+from cream.training.dpo_trainer import train, train_in_process
 from cream.engine.vllm_sampling import generate_vllm, lora_rank_capacity
 from tests.test_dpo import _pairs
 
@@ -186,9 +189,10 @@ def test_a_killed_loop_leaves_no_training_process_behind(tiny_model_dir, tmp_pat
     write_rows(pairs, _pairs(load_tokenizer(str(tiny_model_dir)), load_base_model(str(tiny_model_dir), model_cfg), [0.5] * 3))
     loop_code = (
         "from pathlib import Path\n"
-        "from cream.config import DPOConfig, ModelConfig, ModelSource\n"
-        "from cream.stages.dpo import train\n"
-        "from cream.engine.models import ModelRef\n"
+        "from cream.config import DPOConfig, ModelConfig\n"
+        "from cream.config.engine import ModelSource\n"
+        "from cream.training.dpo_trainer import train\n"
+        "from cream.runs.model_ref import ModelRef\n"
         f"train(DPOConfig(lora=None, batch_size=1, epochs=500, accelerate_config={cpu_launch!r}), "
         f"ModelConfig(name='tiny', source=ModelSource.tiny), ModelRef('m1', {str(tiny_model_dir)!r}), "
         f"Path({str(pairs)!r}), Path({str(tmp_path / 'train')!r}), 0, 'm2')\n"

@@ -2,10 +2,12 @@
 
 import torch
 
-from cream.config import LoraConfig, ModelConfig, ModelSource, SFTConfig
+from cream.config import ModelConfig, SFTConfig
+from cream.config.engine import ModelSource
+from cream.config.training import LoraConfig
 from cream.data.load import load_sft_examples
-from cream.engine.models import ModelRef
-from cream.stages.sft import build_trainer
+from cream.runs.model_ref import ModelRef
+from cream.training.sft_trainer import build_trainer
 
 
 def test_labels_mask_prompt_and_padding(tiny_model_dir, fixture_data, tmp_path):

@@ -5,11 +5,15 @@ import math
 import pytest
 import torch
 
-from cream.config import AgreementMeasure, ModelConfig, ModelSource, RewarderConfig, RewarderName, SamplingConfig
+from cream.config import ModelConfig, RewarderConfig, SamplingConfig
+from cream.config.engine import ModelSource
+from cream.config.rewards import AgreementMeasure
+from cream.config.plugins import RewarderName
 from cream.rewards.consistency import prompt_consistency
 from cream.errors import StageError
 from cream.engine.generation import chat_prompt_ids, cut_response
-from cream.engine.models import ModelRef, load_base_model, load_tokenizer
+from cream.engine.models import load_base_model, load_tokenizer
+from cream.runs.model_ref import ModelRef
 from cream.engine.scoring import distinct_count, plan_batches, sequence_logprobs
 from cream.stages import reward, sample
 from tests.conftest import stage_context

@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from cream.runs.artifacts import read_jsonl
-from cream.config import DataConfig, DataSource
+from cream.config import DataConfig
+from cream.config.data import DataSource
 from cream.errors import DataError
-from cream.data.prompts import LETTERS, format_question, ground_truth, is_multiple_choice
+from cream.config.prompts import LETTERS, format_question, ground_truth, is_multiple_choice
 
 BENCHMARKS = ("arc_easy", "arc_challenge", "openbookqa", "siqa", "gsm8k", "truthfulqa_mc", "sft_seed")
 _REQUIRED = {

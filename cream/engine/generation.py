@@ -18,10 +18,12 @@ import torch
 from tqdm import tqdm
 
 from cream.runs.artifacts import read_jsonl, write_jsonl
-from cream.config import JudgeConfig, SamplingBackend, SamplingConfig
+from cream.config import JudgeConfig, SamplingConfig
+from cream.config.engine import SamplingBackend
 from cream.engine.decode import Decoder
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import ModelRef, dtype_of
+from cream.engine.models import dtype_of
+from cream.runs.model_ref import ModelRef
 from cream.runs.rows import Response
 
 

@@ -15,7 +15,8 @@ import torch
 
 from cream.config import ModelConfig
 from cream.errors import ModelError
-from cream.engine.models import ModelRef, load_base_model, require_safetensors
+from cream.engine.models import load_base_model, require_safetensors
+from cream.runs.model_ref import ModelRef
 
 
 class ModelPool:

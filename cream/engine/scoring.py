@@ -6,14 +6,17 @@ after the prompt. Each response token thus costs one forward position, the promp
 are padded only to the longest packed row. A preamble many prompts start with (a fixed few-shot primer)
 is encoded once, its KV cache under every row. The LM head runs only where a response token is predicted.
 
-The reward stage's log-probs come from here, and with them the DPO reference log-probs of chosen and
-rejected; so do lm-eval's log-likelihood requests (`cream.eval.lm_eval_scoring`).
+The reward stage's log-probs come from here (`logprobs_under`: the responses under each model of a pool),
+and with them the DPO reference log-probs of chosen and rejected; so do lm-eval's log-likelihood requests
+(`cream.eval.lm_eval_scoring`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, ContextManager, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +24,10 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from cream.errors import ModelError, StageError
+
+if TYPE_CHECKING:
+    from cream.engine.model_pool import ModelPool
+    from cream.runs.model_ref import ModelRef
 
 # Prompts sharing this many first tokens (TruthfulQA's 6-shot preamble: 172) encode them once for all batches.
 PRIMER_MIN_TOKENS = 32
@@ -228,3 +235,23 @@ def sequence_logprobs(model, sequences: list[tuple[list[int], list[int]]], batch
     keys = [(tuple(p), tuple(r)) for p, r in sequences]
     values = score_sequences(model, keys, batch_size, pad_id, desc=desc, share_prompts=share_prompts)
     return [values[k][0] for k in keys]
+
+
+def logprobs_under(pool: ModelPool, models: Iterable[ModelRef], sequences: list[tuple[list[int], list[int]]],
+                   batch_size: int, pad_id: int, desc: str, passes: int = 1,
+                   within: Optional[Callable[[torch.nn.Module], ContextManager]] = None) -> Iterator[tuple[str, list[float]]]:
+    """(model name, `sequence_logprobs` of `sequences`) under each of `models`, once per distinct name, one model
+    of `pool` loaded at a time; each yielded once that model is done with, so that a caller can keep it before
+    the next one loads. `passes` scores each model that many times inside the context `within(model)` opens
+    (UPO's dropout passes), a pair yielded per pass. A non-finite log-prob is a broken model: it stops here."""
+    for ref in {m.name: m for m in models}.values():
+        with pool.use(ref) as model, (within(model) if within is not None else contextlib.nullcontext()):
+            scored = [sequence_logprobs(model, sequences, batch_size, pad_id,
+                                        desc=f"{desc} {ref.name}" + (f" pass {k + 1}" if passes > 1 else ""))
+                      for k in range(passes)]
+        for values in scored:
+            bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
+            if bad:
+                raise StageError(f"non-finite log-prob under model {ref.name} for {len(bad)} of {len(values)} "
+                                 f"responses ({desc}; first: sequence {bad[0]})")
+            yield ref.name, values

@@ -25,7 +25,8 @@ from typing import Any, Optional
 
 from cream.config import JudgeConfig, SamplingConfig
 from cream.errors import ConfigError
-from cream.engine.models import ModelRef, load_tokenizer
+from cream.engine.models import load_tokenizer
+from cream.runs.model_ref import ModelRef
 
 
 def require_vllm() -> None:

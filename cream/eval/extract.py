@@ -25,7 +25,7 @@ import re
 import string
 from decimal import Decimal, InvalidOperation
 
-from cream.data.prompts import is_multiple_choice
+from cream.config.prompts import is_multiple_choice
 
 _MARKER = r"\banswer(?:\s+is)?\s*:?\s*(?:(?:option|choice)\s+)?"
 # group 1: bracketed letter (any case); group 2: letter followed by a delimiter (any case);

@@ -4,7 +4,7 @@ Two protocols (`eval.protocol`):
 - `paper`: the CREAM protocol. Zero-shot, greedy, chat template; the question with lettered options
   and an instruction to think step by step and end with "Answer:" (`cream.eval.tasks.utils.INSTRUCTION`);
   the answer is extracted with `cream.eval.extract` and matched exactly. TruthfulQA is MC1 with its options
-  shuffled (`cream.data.prompts`). Score: exact match.
+  shuffled (`cream.config.prompts`). Score: exact match.
 - `harness`: lm-eval's standard task definitions. With a local data directory, equivalents over the
   same JSONL (log-likelihood multiple choice, score `acc`, `acc_norm` also reported; TruthfulQA mc1
   and mc2, score mc2; GSM8K zero-shot generation, score exact match). With no data directory
@@ -23,9 +23,10 @@ from itertools import chain, zip_longest
 from pathlib import Path
 
 from cream.runs.artifacts import read_jsonl, write_json, write_jsonl
-from cream.config import EvalConfig, EvalProtocol
+from cream.config import EvalConfig
+from cream.config.eval import EvalProtocol
 from cream.errors import ConfigError, ModelError
-from cream.eval.task_files import KNOWN_TASKS, LmTask, check_data, lm_tasks, render_task
+from cream.eval.task_files import KNOWN_TASKS, LmTask, check_data, lm_tasks, render_task, snapshot
 from cream.engine.models import require_safetensors, resolve_device
 from cream.eval.stats import average_stderr, score_stderr
 
@@ -123,12 +124,14 @@ def evaluate_model(
         raise ConfigError("config key `eval.limits` needs local data (the hub's split sizes are unknown before "
                           "loading); use `eval.limit` with the hub")
     sizes: dict[str, int] = {}  # rows of each benchmark's split
+    scored_files: dict[str, str] = {}  # the sha256 of each benchmark's split file as scored
     if hub:
         task_manager = TaskManager()
     else:
         tasks_dir = out_dir / "lm_eval_tasks"
         for task, tasks in plan.items():
             data_file, sizes[task] = check_data(task, tasks, Path(data_dir), eval_cfg.split)
+            data_file, scored_files[task] = snapshot(data_file, tasks_dir / "data")  # what is scored is what is hashed
             for lm_task in tasks:
                 render_task(lm_task, data_file, eval_cfg.split, tasks_dir)
         task_manager = TaskManager(include_path=str(tasks_dir), include_defaults=False)
@@ -190,6 +193,7 @@ def evaluate_model(
             "protocol": protocol.value,
             "data": str(data_dir) if not hub else "hub",
             "split": eval_cfg.split if not hub else "lm-eval default",
+            "data_sha256": scored_files,  # of each split file as scored (lm-eval read a snapshot of it)
             "limit": eval_cfg.limit,
             "limits": dict(eval_cfg.limits),
             "dtype": dtype,

@@ -80,3 +80,58 @@ def paired_bootstrap(a: dict[str, list[float]], b: dict[str, list[float]], resam
     low, high = np.percentile(average, [tail, 100 - tail])
     result["average"] = Difference(float(np.mean([r.diff for r in result.values()])), float(low), float(high), level)
     return result
+
+
+def seed_bootstrap(a: list[dict[str, list[float]]], b: list[dict[str, list[float]]], paired_seeds: bool,
+                   resamples: int = 10_000, seed: int = 0, level: float = 0.95) -> dict[str, Difference]:
+    """A - B with an interval that holds the training seed's variance as well as the items': a hierarchical bootstrap.
+
+    `a[s][task][i]` is method A's score of item i of a task in its run of seed s (likewise `b`); every run of both
+    methods scored the same items. Each resample draws the seeds with replacement (with `paired_seeds`, the same
+    draws for A and B: their runs share seeds and data shards, so run k of A pairs with run k of B), then, within each
+    resample, the items with replacement (the same items for every run: an item's difficulty cancels in A - B). The difference of the
+    resampled means gives a percentile interval per task, and the unweighted average over tasks ("average") is taken
+    on the same draws. With one seed per method the interval covers the item noise only."""
+    if not a or not b:
+        raise ValueError("each method needs at least one run")
+    tasks = sorted(a[0])
+    if any(sorted(run) != tasks for run in a + b):
+        raise ValueError(f"the runs have different tasks: {[sorted(run) for run in a + b]}")
+    if paired_seeds and len(a) != len(b):
+        raise ValueError(f"paired seeds need as many runs of each method: {len(a)} vs {len(b)}")
+    rng = np.random.default_rng(seed)
+    tail = (1 - level) / 2 * 100
+    result, draws = {}, []
+    for task in tasks:
+        sizes = {len(run[task]) for run in a + b}
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"task {task}: runs with {sorted(sizes)} items; a paired comparison needs the same items")
+        scores_a = np.asarray([run[task] for run in a], dtype=float)  # runs x items
+        scores_b = np.asarray([run[task] for run in b], dtype=float)
+        means = np.empty(resamples)
+        for start in range(0, resamples, 500):  # bounded memory: 500 resamples at a time
+            count = min(500, resamples - start)
+            means[start:start + count] = _resampled_difference(scores_a, scores_b, paired_seeds, count, rng)
+        draws.append(means)
+        low, high = np.percentile(means, [tail, 100 - tail])
+        result[task] = Difference(float(scores_a.mean() - scores_b.mean()), float(low), float(high), level)
+    low, high = np.percentile(np.mean(draws, axis=0), [tail, 100 - tail])
+    result["average"] = Difference(float(np.mean([r.diff for r in result.values()])), float(low), float(high), level)
+    return result
+
+
+def _resampled_difference(scores_a: np.ndarray, scores_b: np.ndarray, paired_seeds: bool, count: int,
+                          rng: np.random.Generator) -> np.ndarray:
+    """`count` bootstrap draws of mean(A) - mean(B): the runs, and the items, one draw of them for every run of the
+    resample (the items are the same in every run: an item's difficulty cancels in the difference)."""
+    items = rng.integers(0, scores_a.shape[1], size=(count, 1, scores_a.shape[1]))
+
+    def mean(scores: np.ndarray, runs: np.ndarray) -> np.ndarray:
+        return scores[runs[:, :, None], items].mean(axis=(1, 2))
+
+    def runs(n: int) -> np.ndarray:
+        return rng.integers(0, n, size=(count, n))
+
+    if paired_seeds:
+        return mean(scores_a - scores_b, runs(len(scores_a)))
+    return mean(scores_a, runs(len(scores_a))) - mean(scores_b, runs(len(scores_b)))

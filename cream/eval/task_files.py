@@ -7,14 +7,16 @@ With no data directory (the hub), the harness protocol runs lm-eval's own tasks.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from cream.config import EvalProtocol
+from cream.config.eval import EvalProtocol
 from cream.data.load import load_benchmark
 from cream.errors import ConfigError, DataError
+from cream.runs.artifacts import write_bytes
 
 TEMPLATES = Path(__file__).resolve().parent / "tasks"
 # Short task name -> data folder.
@@ -109,6 +111,19 @@ def check_data(task: str, tasks: list[LmTask], data_dir: Path, split: str) -> tu
         if missing:
             raise DataError(f"{path}: row {i} (id {row.get('id')!r}) lacks field `{missing[0]}` (eval task `{task}`)")
     return path, len(rows)
+
+
+def snapshot(path: Path, folder: Path) -> tuple[Path, str]:
+    """A copy of a split file named by its content's sha256, and that sha256.
+
+    lm-eval is given the copy, not the file: the datasets library caches a local file by its path and
+    modification time, so an edit that keeps the time would be scored from the stale cache."""
+    content = Path(path).read_bytes()
+    sha = hashlib.sha256(content).hexdigest()
+    copy = (Path(folder) / f"{Path(path).parent.name}-{Path(path).stem}-{sha[:16]}.jsonl").resolve()
+    if not copy.is_file():
+        write_bytes(copy, content)
+    return copy, sha
 
 
 def render_task(task: LmTask, data_file: Path, split: str, folder: Path) -> None:

@@ -32,11 +32,11 @@ from cream.config import Config
 from cream.errors import ConfigError
 from cream.engine.generation import generate
 from cream.engine.models import load_tokenizer
-from cream.plugins.registry import ADAPTIVE_SAMPLERS, FILTERS, FilterResult
-from cream.rewards.rewarders import correctness, reward_specs, spec_scores
+from cream.plugins.contracts import FilterResult, SamplingChoice
+from cream.plugins.registry import ADAPTIVE_SAMPLERS, FILTERS
+from cream.rewards.rewarders import correctness, reward_specs, spec_logp_models, spec_scores
 from cream.runs.rows import PromptSamples, read_rows
-from cream.engine.scoring import distinct_count, sequence_logprobs
-from cream.stages.sample import SamplingChoice
+from cream.engine.scoring import distinct_count, logprobs_under
 
 
 def standardized(scores: Sequence[Sequence[Optional[float]]]) -> list[list[Optional[float]]]:
@@ -95,12 +95,9 @@ class BalancedSampler:
                                ctx.sampling_seed, folder / "chunks", f"probe T={t}", cfg.model.max_length)
             rows_t = [dataclasses.replace(r, responses=s) for r, s in zip(probe, samples)]
             sequences = [(r.prompt_ids, resp.ids) for r in rows_t for resp in r.responses]
-            logps = {}
-            for model_ref in {m.name: m for m in spec.logp_models()}.values():
-                with ctx.pool.use(model_ref) as model:
-                    logps[model_ref.name] = sequence_logprobs(model, sequences, cfg.rewarder.batch_size,
-                                                              tokenizer.pad_token_id, desc=f"probe logprobs {model_ref.name}")
-                computed += distinct_count(sequences)
+            logps = dict(logprobs_under(ctx.pool, spec_logp_models(spec), sequences, cfg.rewarder.batch_size,
+                                        tokenizer.pad_token_id, "probe logprobs"))
+            computed += len(logps) * distinct_count(sequences)
             scores, _ = spec_scores(spec, rows_t, logps, cfg, ctx.pool, ctx.sampling_seed, folder)
             z, correct = standardized(scores), [correctness(r) for r in rows_t]
             texts = [[resp.text for resp in r.responses] for r in rows_t]

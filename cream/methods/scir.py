@@ -20,10 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from cream.config import Config, RewarderName
+from cream.config import Config
+from cream.config.plugins import RewarderName
 from cream.errors import ConfigError
 from cream.rewards.pairing import preference_probability
-from cream.plugins.registry import FILTERS, LOSSES, REWARDERS, FilterResult
+from cream.plugins.contracts import FilterResult
+from cream.plugins.registry import FILTERS, LOSSES, REWARDERS
 
 IMPLICIT = RewarderName.implicit.value
 

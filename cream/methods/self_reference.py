@@ -26,11 +26,12 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from cream.config import RewarderName, SelfReferenceConfig
+from cream.config.plugins import RewarderName, SelfReferenceConfig
 from cream.errors import ConfigError, StageError
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
-from cream.plugins.registry import REWARDERS, Scores
+from cream.plugins.contracts import Scores
+from cream.plugins.registry import REWARDERS
 from cream.engine.scoring import sequence_logprobs
 
 PLACEHOLDER = re.compile(r"\{(prompt|reference|response_a|response_b)\}")

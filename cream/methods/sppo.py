@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from cream.plugins.registry import LOSSES, Loss
+from cream.plugins.contracts import Loss
+from cream.plugins.registry import LOSSES
 
 
 def sppo_loss(logratio: torch.Tensor, win_rate: torch.Tensor, eta: float) -> torch.Tensor:

@@ -26,12 +26,14 @@ from typing import Iterator, Sequence
 
 import torch
 
-from cream.config import Config, DropoutSite, RewarderName, UpoWeighting
+from cream.config import Config
+from cream.config.plugins import DropoutSite, RewarderName, UpoWeighting
 from cream.errors import ConfigError
 from cream.engine.models import load_tokenizer
 from cream.rewards.pairing import preference_probability
-from cream.plugins.registry import FILTERS, FilterResult
-from cream.engine.scoring import distinct_count, sequence_logprobs
+from cream.plugins.contracts import FilterResult
+from cream.plugins.registry import FILTERS
+from cream.engine.scoring import distinct_count, logprobs_under
 
 IMPLICIT = RewarderName.implicit.value
 
@@ -86,6 +88,14 @@ def dropout_active(model: torch.nn.Module, site: DropoutSite, p: float) -> Itera
         model.train(training)
 
 
+@contextmanager
+def seeded_dropout(model: torch.nn.Module, site: DropoutSite, p: float, seed: int) -> Iterator[None]:
+    """`dropout_active` with the masks of `seed` (the same on a rerun); the caller's random state is restored after."""
+    with torch.random.fork_rng(), dropout_active(model, site, p):
+        torch.manual_seed(seed)
+        yield
+
+
 class UncertaintyFilter:
     def rewarders(self, cfg: Config) -> tuple[str, ...]:
         return (IMPLICIT,)
@@ -98,11 +108,9 @@ class UncertaintyFilter:
     def apply(self, pairs, rewards, ctx) -> FilterResult:
         cfg, policy = ctx.cfg, ctx.policy
         sequences = [seq for p in pairs for seq in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))]
-        pad_id, passes = load_tokenizer(policy.base).pad_token_id, []
-        with ctx.pool.use(policy) as model, torch.random.fork_rng(), dropout_active(model, cfg.upo.site, cfg.upo.dropout):
-            torch.manual_seed(ctx.sampling_seed)  # the same masks on a rerun
-            for k in range(cfg.upo.k):
-                passes.append(sequence_logprobs(model, sequences, cfg.rewarder.batch_size, pad_id, desc=f"upo pass {k + 1}"))
+        passes = [logps for _, logps in logprobs_under(
+            ctx.pool, [policy], sequences, cfg.rewarder.batch_size, load_tokenizer(policy.base).pad_token_id, "upo",
+            passes=cfg.upo.k, within=lambda model: seeded_dropout(model, cfg.upo.site, cfg.upo.dropout, ctx.sampling_seed))]
         certainties = []
         for m, pair in enumerate(pairs):
             implicit = rewards[pair.id].scores[IMPLICIT]

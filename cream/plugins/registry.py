@@ -2,99 +2,37 @@
 
 A method is a plug-in: one module that registers its parts under names, and one config file choosing them.
 Each kind has one registry, looked up by the name the config gives; `check_config` validates every name at
-start-up (from `cream.runs.preflight`, before any model loads), naming the config key and the known names.
+start-up (from `cream.preflight`, before any model loads), naming the config key and the known names.
 
 | registry | config key | an entry | used by |
 |---|---|---|---|
 | `REWARDERS` | `rewarder.name` (and `scir.judge`) | `Rewarder` | the reward stage |
 | `PAIRINGS` | `pairs.strategy` | a `Pairing` function | the pairs stage |
 | `FILTERS` | `pairs.filters` (a list, applied in order) | a `PairFilter` | the pairs stage |
-| `LOSSES` | `dpo.loss` | `Loss` | the train stage (`cream.training.dpo_trainer`) |
+| `LOSSES` | `dpo.loss` | `Loss` | the dpo stage (`cream.training.dpo_trainer`) |
 | `ADAPTIVE_SAMPLERS` | `sampling.adaptive` | an `AdaptiveSampler` | the sample stage |
 
-Built-in entries live beside the maths they use (`cream.rewards.rewarders`, `cream.rewards.pairing`, `cream.training.losses`); the
-modules of the package `cream.methods` are plug-ins, each imported once before the first lookup, so a new
-method needs no edit here: its module registers itself.
+Built-in entries live beside the maths they use (`cream.rewards.rewarders`, `cream.rewards.pairing`,
+`cream.training.losses`; the `none` adaptive sampler in `cream.plugins.samplers`) and register themselves
+exactly as the modules of the package `cream.methods` do: `load_plugins` imports each of them once, by name,
+before the first lookup, so a new method needs no edit here.
 
-Contracts (the protocols below spell them out):
-- a `Rewarder` names the models whose log-probs of the responses it reads (the reward stage computes each
-  (model, response) log-prob once) and scores every response, given those log-probs and a `RewardInputs`
-  (the model pool, for rewarders that run their own model calls, such as a judge);
-- a `Pairing` turns one prompt's rewards into preference pairs (`cream.rewards.pairing.Choice`), counting why a
-  prompt gave none;
-- a `PairFilter` sees the iteration's pairs (each carrying its response indices), the reward rows by prompt
-  id and the stage `Context` (model pool, policy, config: it may run forward passes of its own), and returns
-  a `FilterResult`: a keep flag and a weight per pair, values of other `Pair` fields to set, and its metrics.
-  It names the rewarders whose scores of M_t's responses it reads (`RewardRow.scores`);
-- an `AdaptiveSampler` picks the iteration's sampling settings from the current model (B-STaR's probe) and
-  may leave settings for later stages in the sample stage's `adaptive.json`;
-- a `Loss` says which examples it trains on (`layout`: `pairs` or `responses`, one per scored response),
-  which per-example columns it reads, and computes the per-example loss from the policy's summed log-probs
-  of the batch's sequences; per-example weights and targets reach it through those columns.
+What each kind of entry must do, and the types entries pass: `cream.plugins.contracts`.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Generic, Optional, Protocol, Sequence, TypeVar
+from typing import TYPE_CHECKING, Generic, Optional, TypeVar
 
 from cream.errors import ConfigError
+from cream.plugins.contracts import AdaptiveSampler, Loss, PairFilter, Pairing, Rewarder
 
 if TYPE_CHECKING:
-    import torch
-
     from cream.config import Config
-    from cream.rewards.pairing import Choice, PairStats
-    from cream.rewards.rewarders import RewardInputs, RewardSpec
-    from cream.runs.rows import Pair, PromptSamples, RewardRow
-    from cream.stages import Context
-    from cream.stages.sample import SamplingChoice
 
 Entry = TypeVar("Entry")
-Scores = list[list[Optional[float]]]  # per prompt, one score per response (None: unscored)
-
-
-class Rewarder(Protocol):
-    needs_reference: bool  # whether it compares the model with a reference model (the implicit reward)
-
-    def logp_models(self, spec: "RewardSpec") -> list: ...
-
-    def scores(self, spec: "RewardSpec", rows: "list[PromptSamples]", logps: dict[str, list[float]],
-               inputs: "RewardInputs") -> tuple[Scores, dict]: ...
-
-
-Pairing = Callable[[Sequence[Optional[float]], Sequence[str], "PairStats"], "list[Choice]"]
-
-
-@dataclass
-class FilterResult:
-    keep: list[bool]  # per pair, in the order given
-    weight: list[float]  # per pair; multiplies the pair's weight (filters compose)
-    metrics: dict = field(default_factory=dict)  # logged with the pairs stage's metrics
-    fields: dict[str, list[Any]] = field(default_factory=dict)  # other `Pair` fields to set, per pair
-
-
-class PairFilter(Protocol):
-    def rewarders(self, cfg: "Config") -> tuple[str, ...]: ...  # whose scores of M_t's responses it reads
-
-    def apply(self, pairs: "list[Pair]", rewards: "dict[str, RewardRow]", ctx: "Context") -> FilterResult: ...
-
-
-@dataclass(frozen=True)
-class Loss:
-    layout: str  # "pairs" (batch = [chosen; rejected]) or "responses" (one sequence per scored response)
-    columns: tuple[str, ...]  # per-example float columns the loss reads (of `Pair` or `ScoredResponse`)
-    # (summed policy log-probs of the batch's sequences, the batch, beta) -> (per-example loss, values to log)
-    per_example: Callable[["torch.Tensor", dict, float], "tuple[torch.Tensor, dict[str, torch.Tensor]]"]
-
-
-class AdaptiveSampler(Protocol):
-    def check(self, cfg: "Config") -> None: ...  # its checks of the configuration, naming the keys
-
-    # the iteration's sampling settings, from the current model on the prompts of the shard (`rows`)
-    def choose(self, ctx: "Context", rows: "list[PromptSamples]", stage_dir) -> "SamplingChoice": ...
 
 
 class Registry(Generic[Entry]):
@@ -130,7 +68,7 @@ FILTERS: Registry[PairFilter] = Registry("pair filter", "pairs.filters")
 LOSSES: Registry[Loss] = Registry("loss", "dpo.loss")
 ADAPTIVE_SAMPLERS: Registry[AdaptiveSampler] = Registry("adaptive sampler", "sampling.adaptive")
 
-BUILT_IN = ("cream.rewards.rewarders", "cream.rewards.pairing", "cream.training.losses", "cream.stages.sample")
+BUILT_IN = ("cream.rewards.rewarders", "cream.rewards.pairing", "cream.training.losses", "cream.plugins.samplers")
 _loaded = False
 
 
@@ -140,11 +78,9 @@ def load_plugins() -> None:
     if _loaded:
         return
     _loaded = True
-    import cream.methods
-
     for module in BUILT_IN:
         importlib.import_module(module)
-    for info in pkgutil.iter_modules(cream.methods.__path__):
+    for info in pkgutil.iter_modules(importlib.import_module("cream.methods").__path__):
         importlib.import_module(f"cream.methods.{info.name}")
 
 

@@ -14,7 +14,7 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
-from cream.config import AgreementMeasure, RegularizerName
+from cream.config.rewards import AgreementMeasure, RegularizerName
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

@@ -11,7 +11,8 @@ import numpy as np
 from cream.config import JudgeConfig, SamplingConfig
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import ModelRef, load_tokenizer
+from cream.engine.models import load_tokenizer
+from cream.runs.model_ref import ModelRef
 from cream.runs.rows import PromptSamples
 
 

@@ -13,37 +13,10 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from cream.plugins.contracts import Choice, PairStats
 from cream.plugins.registry import PAIRINGS
-
-
-@dataclass
-class PairStats:
-    kept: int = 0  # prompts that gave at least one pair
-    dropped_all_equal: int = 0  # every scored response has the same reward: no preference
-    dropped_identical_text: int = 0  # every preferred response has the same text as the one it beats
-    dropped_unscored: int = 0  # fewer than two responses carry a score
-
-    @property
-    def dropped(self) -> int:
-        return self.dropped_all_equal + self.dropped_identical_text + self.dropped_unscored
-
-    def as_metrics(self) -> dict[str, int]:
-        return {
-            "pairs/prompts_kept": self.kept,
-            "pairs/dropped": self.dropped,
-            "pairs/dropped_all_equal": self.dropped_all_equal,
-            "pairs/dropped_identical_text": self.dropped_identical_text,
-            "pairs/dropped_unscored": self.dropped_unscored,
-        }
-
-
-@dataclass(frozen=True)
-class Choice:
-    chosen: int
-    rejected: int
 
 
 # (responses ordered best first, the rewards) -> the (better, worse) index pairs a strategy proposes

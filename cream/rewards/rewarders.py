@@ -1,6 +1,6 @@
 """The rewarders: what scores a response, under which model, and the reference schedule across iterations.
 
-A `RewardSpec` is a rewarder applied to one model. Rewarders are registered by name
+A `RewardSpec` (`cream.plugins.contracts`) is a rewarder applied to one model. Rewarders are registered by name
 (`cream.plugins.registry.REWARDERS`, the names of `RewarderName`): `implicit` and `likelihood` read the log-probs
 the reward stage computed once per (model, response); `judge` samples judgements of the model itself;
 `oracle` checks the known answer. A rewarder that scores with model calls of its own gets the model pool
@@ -11,53 +11,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable
 
 import numpy as np
 
-from cream.config import Config, JudgeConfig, ModelRole, RewarderName, SamplingConfig
+from cream.config import Config
+from cream.config.rewards import ModelRole
+from cream.config.plugins import RewarderName
 from cream.eval.extract import is_correct
 from cream.rewards.judge import judge_scores
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import ModelRef
-from cream.plugins.registry import REWARDERS, Scores
+from cream.runs.model_ref import ModelRef
+from cream.plugins.contracts import RewardInputs, RewardSpec, Scores
+from cream.plugins.registry import REWARDERS
 from cream.runs.rows import PromptSamples
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """A rewarder applied to one model. Responses in, one score per response (or None) out."""
-
-    rewarder: RewarderName  # a registered rewarder's name
-    model: ModelRef
-    reference: Optional[ModelRef] = None  # for a rewarder that needs one (implicit)
-
-    def logp_models(self) -> list[ModelRef]:
-        """The models whose log-probs of the responses this reward reads."""
-        return REWARDERS.get(self.rewarder).logp_models(self)
-
-
-@dataclass(frozen=True)
-class RewardInputs:
-    """What a rewarder may use beyond the log-probs: the run's configuration (a plug-in's own keys too), the
-    model pool, the seed and the stage folder."""
-
-    config: Config
-    pool: ModelPool
-    seed: int
-    stage_dir: Path
-
-    @property
-    def judge(self) -> JudgeConfig:
-        return self.config.judge
-
-    @property
-    def engine(self) -> SamplingConfig:  # the sampling backend and dtype a judge generates with
-        return self.config.sampling
-
-    @property
-    def max_length(self) -> int:
-        return self.config.model.max_length
 
 
 def rewarder_spec(cfg: Config, models: list[ModelRef], k: int, name: RewarderName) -> RewardSpec:
@@ -87,6 +54,11 @@ def correctness(row: PromptSamples) -> list[bool]:
 def oracle_scores(rows: list[PromptSamples]) -> Scores:
     """1 when a response reaches the prompt's known answer, else 0 (same extraction as evaluation)."""
     return [[float(c) for c in correctness(row)] for row in rows]
+
+
+def spec_logp_models(spec: RewardSpec) -> list[ModelRef]:
+    """The models whose log-probs of the responses `spec` reads."""
+    return REWARDERS.get(spec.rewarder).logp_models(spec)
 
 
 def spec_scores(spec: RewardSpec, rows: list[PromptSamples], logps: dict[str, list[float]], config: Config,

@@ -157,9 +157,3 @@ def verify_outputs(stage_dir: Path) -> None:
                 f"{path}: artifact changed on disk since the stage completed (hash mismatch); "
                 f"delete {stage_dir} to recompute that stage"
             )
-
-
-def check_finite(values: Iterable[float], what: str) -> None:
-    for i, v in enumerate(values):
-        if v is None or not math.isfinite(v):
-            raise StageError(f"{what}: non-finite value {v!r} at position {i}")

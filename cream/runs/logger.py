@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from cream.runs.artifacts import json_line
-from cream.config import Config, LoggerMode, to_plain_dict
+from cream.config import Config, to_plain_dict
+from cream.config.runs import LoggerMode
 
 METRICS = "metrics.jsonl"
 

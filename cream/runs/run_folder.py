@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any, Optional
 
 from cream.runs.artifacts import MANIFEST, STARTED, file_hash, read_json, write_json
-from cream.config import Config, ResumeMode, to_plain_dict
+from cream.config import Config, to_plain_dict
+from cream.config.runs import ResumeMode
 from cream.errors import ConfigError
-from cream.engine.models import ModelRef
+from cream.runs.model_ref import ModelRef
 
 log = logging.getLogger("cream")
 RUN_MANIFEST = "run.json"
+EVALUATE_M0 = "evaluate_m0"  # the evaluate stage's folder for M0, before SFT in iteration 0
 LOCK = ".lock"
 # Keys that may change between a run and its resumption without changing any result.
 NOT_RESULT_KEYS = ("logger", "run_name", "threads", "resume", "paths")
@@ -56,6 +58,11 @@ def select(config: dict, keys: tuple[str, ...]) -> dict:
             value = value[part]
         out[key] = value
     return out
+
+
+def stage_folder(run_dir: Path, iteration: int, stage: str) -> Path:
+    """Where a stage of an iteration writes: `<run>/iter_<iteration>/<stage>/`."""
+    return Path(run_dir) / f"iter_{iteration}" / stage
 
 
 class RunFolder:

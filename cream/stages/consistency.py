@@ -13,9 +13,11 @@ import numpy as np
 
 from cream.rewards.consistency import measured_consistency, training_consistency
 from cream.runs.rows import ConsistencyRow, RewardRow, read_rows, write_rows
-from cream.stages import Context, StageResult
+from cream.plugins.contracts import Context
+from cream.stages import StageResult
 
 NAME = "consistency"
+DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("reward",)
 CONFIG = ("regularizer",)
 CONSISTENCY = "consistency.jsonl"

@@ -17,20 +17,23 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from cream.runs.artifacts import write_bytes, check_finite, write_json, write_jsonl
-from cream.config import Config, RewarderName
+from cream.runs.artifacts import write_bytes, write_json, write_jsonl
+from cream.config import Config
+from cream.config.plugins import RewarderName
 from cream.rewards.consistency import measured_consistency
 from cream.rewards.diagnostics import GROUPS, PromptOutcome, consistency_split, diagnose_rewarder
 from cream.errors import DataError, StageError
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
-from cream.rewards.pairing import PairStats, choose_pair
-from cream.rewards.rewarders import RewardSpec, correctness, reward_specs, spec_scores
+from cream.plugins.contracts import Context, PairStats, RewardSpec
+from cream.rewards.pairing import choose_pair
+from cream.rewards.rewarders import correctness, reward_specs, spec_logp_models, spec_scores
 from cream.runs.rows import PromptSamples, write_rows
-from cream.engine.scoring import sequence_logprobs
-from cream.stages import Context, StageResult
+from cream.engine.scoring import logprobs_under
+from cream.stages import StageResult
 
 NAME = "diagnose"
+DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS: tuple[str, ...] = ()  # the model it diagnoses is the newest, part of every fingerprint
 CONFIG = ("diagnose", "rewarder", "judge", "sampling", "regularizer", "model", "data", "iterations", "seed")
 DIAGNOSIS, FIGURE, SCORES, RESPONSES = "diagnose.json", "diagnose.png", "scores.jsonl", "responses.jsonl"
@@ -96,12 +99,9 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     def scores_of(spec: RewardSpec) -> tuple[list, dict]:
         """`spec`'s rewards per prompt (computed once, with whatever log-probs they need), and their statistics."""
         if spec not in scored:
-            for ref in spec.logp_models():
-                if ref.name not in logps:
-                    with ctx.pool.use(ref) as model:
-                        logps[ref.name] = sequence_logprobs(model, sequences, cfg.rewarder.batch_size,
-                                                            tokenizer.pad_token_id, desc=f"diagnose logprobs {ref.name}")
-                    check_finite(logps[ref.name], f"log-probs of the diagnosed responses under model {ref.name}")
+            missing = [ref for ref in spec_logp_models(spec) if ref.name not in logps]
+            logps.update(logprobs_under(ctx.pool, missing, sequences, cfg.rewarder.batch_size, tokenizer.pad_token_id,
+                                        "diagnose logprobs"))
             scored[spec] = spec_scores(spec, rows, logps, cfg, ctx.pool, ctx.sampling_seed, stage_dir)
         return scored[spec]
 

@@ -7,9 +7,11 @@ from pathlib import Path
 
 from cream.runs.artifacts import read_json
 from cream.eval.harness import evaluate_model, wrong_answers
-from cream.stages import Context, StageResult
+from cream.plugins.contracts import Context
+from cream.stages import StageResult
 
 NAME = "evaluate"
+DATA = ("eval_files",)  # the parts of the run's data it reads (`data_identity`)
 READS: tuple[str, ...] = ()
 CONFIG = ("eval", "model", "seed")
 WRONG_ANSWERS_LOGGED = 20

@@ -17,12 +17,14 @@ from pathlib import Path
 from cream.rewards.diagnostics import reward_accuracy
 from cream.errors import StageError
 from cream.training.losses import soft_label
-from cream.rewards.pairing import PairStats, preference_probability, win_rates
+from cream.plugins.contracts import Context, PairStats
+from cream.rewards.pairing import preference_probability, win_rates
 from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS
 from cream.runs.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, ScoredResponse, read_rows, write_rows
-from cream.stages import Context, StageResult
+from cream.stages import StageResult
 
 NAME = "pairs"
+DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("sample", "reward", "consistency")
 # its C comes from the consistency stage; dpo.loss decides the examples written, dpo.beta is SCIR's implicit scale
 CONFIG: tuple[str, ...] = ("pairs", "scir", "upo", "dpo.loss", "dpo.beta")

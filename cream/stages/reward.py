@@ -10,7 +10,6 @@ too, into `RewardRow.scores`.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +18,14 @@ from cream.runs.artifacts import read_json, write_json
 from cream.errors import StageError
 from cream.engine.models import load_tokenizer
 from cream.plugins.registry import FILTERS
-from cream.rewards.rewarders import correctness, reward_specs, rewarder_spec, spec_scores
+from cream.rewards.rewarders import correctness, reward_specs, rewarder_spec, spec_logp_models, spec_scores
 from cream.runs.rows import PromptSamples, RewardRow, read_rows, write_rows
-from cream.engine.scoring import distinct_count, sequence_logprobs
-from cream.stages import Context, StageResult
+from cream.engine.scoring import distinct_count, logprobs_under
+from cream.plugins.contracts import Context
+from cream.stages import StageResult
 
 NAME = "reward"
+DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("sample",)
 CONFIG = ("rewarder", "judge", "sampling", "regularizer.first_previous", "model", "seed", "pairs.filters", "scir.judge",
           "self_reference")
@@ -33,32 +34,23 @@ REWARDS = "rewards.jsonl"
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:
     cfg = ctx.cfg
-    samples_path = ctx.file("sample", "responses")
-    rows = read_rows(samples_path, PromptSamples)
+    rows = read_rows(ctx.file("sample", "responses"), PromptSamples)
     current, previous = reward_specs(cfg, ctx.models, ctx.iteration)
     filtered_by = {name: rewarder_spec(cfg, ctx.models, ctx.iteration, name)
                    for f in cfg.pairs.filters for name in FILTERS.get(f).rewarders(cfg)}
     tokenizer = load_tokenizer(current.model.base)
     sequences = [(row.prompt_ids, resp.ids) for row in rows for resp in row.responses]
-    needed = {m.name: m for m in [current.model, *current.logp_models(), *previous.logp_models(),
-                                  *(m for spec in filtered_by.values() for m in spec.logp_models())]}
-    flat: dict[str, list[float]] = {}
+    needed = {m.name: m for m in [current.model, *spec_logp_models(current), *spec_logp_models(previous),
+                                  *(m for spec in filtered_by.values() for m in spec_logp_models(spec))]}
+    kept_dir = Path(stage_dir) / "logps"  # each model's, written as soon as computed: a resumed run keeps them
+    logps = {name: read_json(kept_dir / f"{name}.json") for name in needed if (kept_dir / f"{name}.json").is_file()}
     computed = 0  # (model, sequence) log-probs computed here; every later use reads them
-    for name, ref in needed.items():
-        path = Path(stage_dir) / "logps" / f"{name}.json"
-        if path.is_file():  # kept from an interrupted run
-            flat[name] = read_json(path)
-            continue
-        with ctx.pool.use(ref) as model:
-            values = sequence_logprobs(model, sequences, cfg.rewarder.batch_size, tokenizer.pad_token_id,
-                                       desc=f"logprobs {name}")
-        bad = [i for i, v in enumerate(values) if not math.isfinite(v)]
-        if bad:
-            raise StageError(f"non-finite log-prob under model {name} for {len(bad)} responses "
-                             f"(first: sequence {bad[0]} of {samples_path})")
-        write_json(path, values)
+    for name, values in logprobs_under(ctx.pool, [ref for name, ref in needed.items() if name not in logps], sequences,
+                                       cfg.rewarder.batch_size, tokenizer.pad_token_id, desc="logprobs"):
+        write_json(kept_dir / f"{name}.json", values)
         computed += distinct_count(sequences)
-        flat[name] = values
+        logps[name] = values
+    flat = {name: logps[name] for name in needed}  # in `needed`'s order, whatever an interrupted run kept
 
     def scores_of(spec):
         return spec_scores(spec, rows, flat, cfg, ctx.pool, ctx.sampling_seed, stage_dir)

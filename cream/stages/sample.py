@@ -4,51 +4,31 @@ Prompts too long for `model.max_length` minus the response budget are skipped, n
 cut question has no right answer. Chunks are kept in `chunks/`, so an interrupted stage resumes.
 
 What the shard is sampled with is chosen by the adaptive sampler `sampling.adaptive` names, looked up in
-`cream.plugins.registry.ADAPTIVE_SAMPLERS`: `none` samples with `sampling` as configured; a plug-in (B-STaR's `bstar`,
-cream/methods/bstar.py) may pick other settings from the current model first, and write what later stages
-read of its choice (e.g. a reward threshold) to `adaptive.json`.
+`cream.plugins.registry.ADAPTIVE_SAMPLERS`: `none` (`cream.plugins.samplers`) samples with `sampling` as
+configured; a plug-in (B-STaR's `bstar`, cream/methods/bstar.py) may pick other settings from the current
+model first, and write what later stages read of its choice (e.g. a reward threshold) to `adaptive.json`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from cream.runs.artifacts import write_json
-from cream.config import Config, SamplingConfig
 from cream.data.load import shard
 from cream.errors import StageError
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
+from cream.plugins.contracts import Context
 from cream.plugins.registry import ADAPTIVE_SAMPLERS
 from cream.runs.rows import PromptSamples, write_rows
-from cream.stages import Context, StageResult
+from cream.stages import StageResult
 
 NAME = "sample"
+DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS: tuple[str, ...] = ()
 # the settings its result depends on; an adaptive sampler's probe also scores with the rewarder's
 CONFIG = ("sampling", "model", "data", "seed", "bstar", "rewarder", "judge", "self_reference", "regularizer.first_previous")
 RESPONSES, ADAPTIVE = "responses.jsonl", "adaptive.json"
-
-
-@dataclass
-class SamplingChoice:
-    sampling: SamplingConfig  # what the shard is sampled with
-    metrics: dict = field(default_factory=dict)
-    settings: dict = field(default_factory=dict)  # written to adaptive.json for later stages; empty: no file
-
-
-class Configured:
-    """`none`: the configured `sampling` settings."""
-
-    def check(self, cfg: Config) -> None:
-        pass
-
-    def choose(self, ctx: Context, rows: list[PromptSamples], stage_dir: Path) -> SamplingChoice:
-        return SamplingChoice(ctx.cfg.sampling)
-
-
-ADAPTIVE_SAMPLERS.register("none", Configured())
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:

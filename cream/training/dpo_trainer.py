@@ -1,4 +1,5 @@
-"""The loss of `dpo.loss` on TRL's DPOTrainer (pinned: trl==1.16.0).
+"""The loss of `dpo.loss` on TRL's DPOTrainer (pinned: trl==1.16.0), and the DPO training run (`train`: M_t
+to M_{t+1} on the pairs stage's examples, in this process or under `accelerate launch`).
 
 The subclass changes four things and nothing else:
 - examples arrive tokenized (the exact ids that were sampled and scored), so TRL's tokenization is skipped;
@@ -21,10 +22,15 @@ from trl import DPOTrainer
 from trl.trainer.dpo_trainer import DataCollatorForPreference
 from trl.trainer.utils import pad
 
-from cream.config import DPOConfig
-from cream.training.losses import CREAM
-from cream.plugins.registry import Loss
+from cream.config import DPOConfig, ModelConfig
+from cream.engine.models import load_tokenizer
+from cream.runs.model_ref import ModelRef
+from cream.plugins.contracts import Loss
+from cream.plugins.registry import LOSSES
 from cream.runs.rows import Pair, ScoredResponse, read_rows
+from cream.training.finetune import fit, load_trainable, shared_arguments
+from cream.training.launch import run_training
+from cream.training.losses import CREAM
 
 # per layout: the row type of its file and the columns every loss of that layout reads
 LAYOUTS = {
@@ -63,8 +69,8 @@ class ExampleCollator(DataCollatorForPreference):
 
 
 class CreamDPOTrainer(DPOTrainer):
-    """DPOTrainer whose loss is the registered `loss` (default: `cream`, C * (-log sigmoid h) + (1 - C) *
-    (-log sigmoid -h) with a per-pair label and weight)."""
+    """DPOTrainer whose loss is the registered `loss` (default: `cream`, target * (-log sigmoid h) + (1 - target) *
+    (-log sigmoid -h) with each pair's label `target` and weight)."""
 
     def __init__(self, *args, loss: Loss = CREAM, **kwargs):
         self.loss_plugin = loss  # read by `_prepare_dataset` during DPOTrainer's own __init__
@@ -110,30 +116,47 @@ def examples_dataset(path: Path, loss: Loss = CREAM):
     return Dataset.from_list([{c: getattr(row, c) for c in loss_columns(loss)} for row in read_rows(path, row_type)])
 
 
-def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_pairs: int, device: str = "cpu") -> TRLDPOConfig:
-    steps = math.ceil(n_pairs / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
+def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_examples: int, device: str = "cpu") -> TRLDPOConfig:
+    steps = math.ceil(n_examples / (cfg.batch_size * cfg.grad_accum)) * cfg.epochs
     return TRLDPOConfig(
-        output_dir=str(output_dir),
+        **shared_arguments(cfg, output_dir, seed, max(1, int(steps // 4)), device),
         beta=cfg.beta,
-        learning_rate=cfg.lr,
-        num_train_epochs=cfg.epochs,
-        per_device_train_batch_size=cfg.batch_size,
-        gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type=cfg.scheduler,
-        warmup_steps=cfg.warmup_ratio,  # < 1 reads as a ratio of the total steps
-        # TRL turns both on by default; the config decides.
-        bf16=cfg.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
         precompute_ref_log_probs=True,
         max_length=None,
         logging_steps=max(1, int(steps // 20)),
-        save_strategy="steps",
-        save_steps=max(1, int(steps // 4)),
-        save_total_limit=1,
-        report_to=[],
-        seed=seed,
-        use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
-        dataloader_pin_memory=False,  # a collator may build device tensors, which cannot be pinned
-        dataloader_num_workers=0,
-        disable_tqdm=False,
     )
+
+
+def train(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, examples_path: Path, stage_dir: Path, seed: int,
+          output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
+    """Train M_t on the examples of `dpo.loss` (`examples_path`: pairs or scored responses); returns M_{t+1} and the
+    stage metrics. In this process, or in `dpo.num_processes` processes under
+    `accelerate launch --config_file dpo.accelerate_config`."""
+    return run_training(train_in_process, cfg, stage_dir, cfg, model_cfg, policy, examples_path, stage_dir, seed,
+                        output_name, device)
+
+
+def train_in_process(cfg: DPOConfig, model_cfg: ModelConfig, policy: ModelRef, examples_path: Path, stage_dir: Path,
+                     seed: int, output_name: str, device: str = "cpu") -> tuple[ModelRef, dict]:
+    """`train` in the calling process, one of the launched ones or the loop's own."""
+    loss = LOSSES.get(cfg.loss)
+    dataset = examples_dataset(examples_path, loss)
+    tokenizer = load_tokenizer(policy.base)
+    # The arguments first: under DeepSpeed ZeRO-3 they make `from_pretrained` load each rank's shard only.
+    args = training_args(cfg, Path(stage_dir) / "checkpoints", seed, len(dataset), device)
+    model, peft_config = load_trainable(policy, model_cfg, cfg)
+    trainer = CreamDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+                              data_collator=ExampleCollator(tokenizer.pad_token_id, loss), peft_config=peft_config,
+                              loss=loss)
+    trained = fit(trainer, stage_dir, policy, output_name)
+    metrics = {
+        "dpo/loss": trained.loss,
+        "dpo/final_loss": float(trained.last_log.get("loss", trained.loss)),
+        "dpo/margin": float(trained.last_log.get("rewards/margins", float("nan"))),
+        "dpo/accuracy": float(trained.last_log.get("rewards/accuracies", float("nan"))),
+        "dpo/steps": trained.steps,
+        f"dpo/{loss.layout}": len(dataset),
+        "dpo/forward_sequences": trained.forward_sequences,
+        "dpo/global_batch": cfg.batch_size * cfg.grad_accum * trained.processes,
+    }
+    return trained.model, metrics

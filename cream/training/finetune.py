@@ -1,17 +1,51 @@
-"""What SFT and DPO share: the policy as a trainable model, resume points, and saving the next model.
+"""What SFT and DPO share: the policy as a trainable model, the trainer's arguments, resume points, the
+training run itself (`fit`: resumed, its forwarded sequences counted, the next model saved) and its result.
 
-Both train in the loop's process, or in every process of `accelerate launch` (cream/launch.py).
+Both train in the loop's process, or in every process of `accelerate launch` (`cream.training.launch`).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
-from cream.config import ModelConfig, TrainingConfig
-from cream.engine.models import ModelRef, load_base_model, require_safetensors
+import torch
+
+from cream.config import ModelConfig
+from cream.config.training import TrainingConfig
+from cream.engine.models import load_base_model, require_safetensors
+from cream.errors import StageError
+from cream.runs.model_ref import ModelRef
+
+
+def shared_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, save_steps: int, device: str) -> dict:
+    """The TRL arguments of both trainers: the config's schedule and precision, a resume point in `output_dir`
+    every `save_steps` optimizer steps (the newest only), nothing reported elsewhere."""
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # < 1 reads as a ratio of the total steps
+        # TRL turns both on by default; the config decides.
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        save_strategy="steps",  # resume points: an interrupted training continues from its last checkpoint
+        save_steps=save_steps,
+        save_total_limit=1,
+        report_to=[],
+        seed=seed,
+        use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
+        dataloader_pin_memory=False,  # a collator may build device tensors, which cannot be pinned
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
 
 
 def lora_adapter_config(cfg: TrainingConfig):
@@ -68,3 +102,53 @@ def last_complete_checkpoint(folder: Path) -> Optional[Path]:
         except (OSError, ValueError):
             continue
     return None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a training run gives back: the next model, saved, and what its stage reports of the run."""
+
+    model: ModelRef
+    loss: float  # the mean training loss over the run
+    steps: int  # optimizer steps
+    # Counted, not inferred: every sequence through the backbone (DPO with the reward stage's reference
+    # log-probs: 2 per pair and epoch, 1 per response; a reference pass would double it).
+    forward_sequences: int
+    last_log: dict  # the last logged training step (TRL's log history); {} when none was logged
+    processes: int  # training processes: the global batch is batch_size x grad_accum x processes
+
+
+def _check_finite(trainer, training_loss: float, section: str) -> None:
+    """Refuse to save a diverged model: a NaN or infinite loss or weight would be evaluated, reported and trained on
+    as if it were a model. The stage stays incomplete; changing the key resumes the run from this stage."""
+    losses = [training_loss] + [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    bad = [name for name, p in trainer.model.named_parameters() if p.requires_grad and not torch.isfinite(p).all()]
+    if bad or not all(math.isfinite(x) for x in losses):
+        what = f"{len(bad)} trained tensors hold NaN or inf (e.g. {bad[0]})" if bad else "the loss is not finite"
+        raise StageError(f"{section}: training diverged, {what}; nothing was saved. Lower `{section}.lr` (or `dpo.beta` "
+                         f"for DPO) and rerun the same command: the run resumes at this stage")
+
+
+def fit(trainer, stage_dir: Path, policy: ModelRef, output_name: str) -> Trained:
+    """Train from the newest complete checkpoint (or from the start), save the next model into
+    `<stage_dir>/adapter` (a LoRA adapter over `policy`'s base) or `<stage_dir>/model` (full weights and the
+    tokenizer), then drop the checkpoints, useless once the model is saved."""
+    forwarded = [0]
+    backbone = trainer.accelerator.unwrap_model(trainer.model)
+    backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
+    hook = backbone.model.register_forward_pre_hook(
+        lambda _, args, kwargs: forwarded.__setitem__(0, forwarded[0] + len((args or [kwargs["input_ids"]])[0])),
+        with_kwargs=True)
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    hook.remove()
+    _check_finite(trainer, result.training_loss, Path(stage_dir).name)
+    adapter = hasattr(trainer.model, "peft_config")
+    out_dir = Path(stage_dir) / ("adapter" if adapter else "model")
+    save_policy(trainer, out_dir, tokenizer=None if adapter else trainer.processing_class)
+    if trainer.accelerator.is_main_process:
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    model = ModelRef(output_name, policy.base, str(out_dir)) if adapter else ModelRef(output_name, str(out_dir))
+    return Trained(model, float(result.training_loss), int(trainer.state.global_step), forwarded[0],
+                   history[-1] if history else {}, trainer.accelerator.num_processes)

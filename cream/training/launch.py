@@ -24,12 +24,12 @@ from typing import TYPE_CHECKING, Callable
 # Nothing heavy at import: a launched process must reach `die_with_parent` before its parent can die unseen.
 from cream import errors
 from cream.runs.artifacts import read_json, write_json
-from cream.config import accelerate_config_file
+from cream.config.training import accelerate_config_file
 from cream.errors import ConfigError, CreamError, StageError
 
 if TYPE_CHECKING:
-    from cream.config import TrainingConfig
-    from cream.engine.models import ModelRef
+    from cream.config.training import TrainingConfig
+    from cream.runs.model_ref import ModelRef
 
 REQUEST = "launch_request.pkl"  # the stage function and its arguments, for every process
 RESULT = "launch_result.json"  # the main process's (model, metrics), or the error it stopped on
@@ -41,7 +41,7 @@ def run_training(fn: Callable[..., tuple[ModelRef, dict]], cfg: TrainingConfig, 
         return fn(*args)
     from accelerate.utils import DistributedType
 
-    from cream.engine.models import ModelRef
+    from cream.runs.model_ref import ModelRef
 
     key = f"{cfg._group}.accelerate_config"
     path, launch_cfg = accelerate_config_file(cfg.accelerate_config, key)

