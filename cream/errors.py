@@ -41,4 +41,4 @@ def system_error(error: BaseException) -> Optional[str]:
     found = re.search(r"\(os error (\d+)\)", str(error))
     if found is None:
         return None
-    return f"{os.strerror(int(found.group(1)))} (os error {found.group(1)}, from {type(error).__module__.split('.')[0]}: {error})"
+    return f"{os.strerror(int(found.group(1)))} (os error {found.group(1)})"

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -66,13 +67,23 @@ def test_generation_on_crams_decoder_equals_transformers(evaluated, tiny_model_d
     assert [p["response"] for p in ours] == [p["response"] for p in stock]
 
 
-def test_rendered_tasks_point_at_absolute_data_files(evaluated, fixture_data):
+def test_rendered_tasks_point_at_absolute_snapshots_of_the_data_files(evaluated, fixture_data):
+    """lm-eval reads a copy of each split named by its sha256 (the datasets cache keys a path by its time)."""
+    import hashlib
+
+    import yaml
+
     _, _, out = evaluated
     rendered = sorted((out / "lm_eval_tasks").glob("*.yaml"))
     assert rendered
     for path in rendered:
-        text = path.read_text()
-        assert str(fixture_data.resolve()) in text and "test_split: validation" in text
+        config = yaml.safe_load(path.read_text().replace("!function", ""))
+        snapshot = Path(config["dataset_kwargs"]["data_files"]["validation"])
+        assert snapshot.is_absolute() and snapshot.parent == (out / "lm_eval_tasks" / "data").resolve()
+        folder, split = snapshot.name.split("-")[:2]
+        original = (fixture_data / folder / f"{split}.jsonl").read_bytes()
+        assert snapshot.read_bytes() == original and hashlib.sha256(original).hexdigest()[:16] in snapshot.name
+        assert config["test_split"] == "validation"
 
 
 @pytest.mark.parametrize(

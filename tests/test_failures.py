@@ -140,7 +140,7 @@ def test_a_full_disk_seen_by_a_rust_backed_library_is_one_line(tmp_path):
     with pytest.raises(Exception) as raised:
         Tokenizer(models.BPE()).save("/dev/full")
     assert not isinstance(raised.value, OSError)
-    assert system_error(raised.value).startswith("No space left on device (os error 28, from tokenizers")
+    assert system_error(raised.value) == "No space left on device (os error 28)"
     with pytest.raises(OSError) as raised:
         (tmp_path / "missing" / "file").write_text("x")
     assert system_error(raised.value) == f"{tmp_path / 'missing' / 'file'}: No such file or directory"
