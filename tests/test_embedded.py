@@ -21,7 +21,7 @@ def test_one_iteration_of_the_embedded_model(tmp_path):
     by_stage = {(r["iteration"], r["stage"]): r for r in records}
     assert by_stage[(1, "pairs")]["pairs/kept"] >= 1
     assert 0 <= by_stage[(1, "consistency")]["consistency/mean"] <= 1
-    assert by_stage[(1, "train")]["dpo/steps"] >= 1
+    assert by_stage[(1, "dpo")]["dpo/steps"] >= 1
     # the preset evaluates M0 and the final model only (eval.every=0), on the sized harness tasks
     assert 0 <= by_stage[(0, "evaluate_m0")]["eval/average"] <= 100
     assert (0, "evaluate") not in by_stage

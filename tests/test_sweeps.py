@@ -118,4 +118,4 @@ def test_a_local_multirun_runs_every_point_into_its_own_run_folder(tmp_path):
     runs = sorted(p for p in (tmp_path / "smoke").iterdir() if (p / "run.json").is_file())
     assert [yaml.safe_load((p / "run.json").read_text())["config"]["seed"] for p in runs] == [0, 1]
     for run in runs:
-        assert (run / "iter_1" / "train" / "DONE").is_file() and (run / "train.log").is_file()
+        assert (run / "iter_1" / "dpo" / "DONE").is_file() and (run / "train.log").is_file()
