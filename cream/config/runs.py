@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Any, Optional
 
 from cream.errors import require
 
 
-class ResumeMode(str, Enum):
+class ResumeMode(StrEnum):
     auto = "auto"  # reuse the run folder of the same run_name when its configuration matches; refuse otherwise
     false = "false"  # always start a new folder (run_name gets a numeric suffix when taken)
     force = "force"  # reuse the folder even though the configuration differs (completed stages are kept)
 
 
-class LoggerMode(str, Enum):
+class LoggerMode(StrEnum):
     offline = "offline"
     online = "online"
     disabled = "disabled"
