@@ -66,8 +66,19 @@ def choose_pair(rewards: Sequence[Optional[float]], texts: Sequence[str], stats:
     return pairs[0] if pairs else None
 
 
+def reward_scale(rewarder: str, beta: float) -> float:
+    """The factor that turns a gap of `rewarder`'s rewards into its Bradley-Terry logit: `dpo.beta` for the
+    implicit reward (DPO's implicit reward model is beta x (log pi_t - log pi_ref), while the reward stage keeps
+    the log-ratio itself), 1 for every other rewarder (its scores are already on the scale they are compared on).
+
+    The one convention of every plug-in: P(a beats b) = preference_probability(reward_scale(R, beta) x (r_a - r_b),
+    tau), so tau = 1 is the reward model's own Bradley-Terry probability and tau a temperature on top of it."""
+    return beta if rewarder == "implicit" else 1.0
+
+
 def preference_probability(gap: float, tau: Optional[float]) -> float:
-    """P(a beats b) from the reward gap r_a - r_b: sigmoid(gap / tau); tau None: 1, 1/2 on a tie, 0."""
+    """P(a beats b) from a Bradley-Terry logit gap (`reward_scale` x (r_a - r_b)): sigmoid(gap / tau); tau None:
+    a hard preference, 1, 1/2 on a tie, 0."""
     if tau is None:
         return 1.0 if gap > 0 else 0.0 if gap < 0 else 0.5
     return 1 / (1 + math.exp(-gap / tau)) if gap >= 0 else math.exp(gap / tau) / (1 + math.exp(gap / tau))
