@@ -11,6 +11,9 @@ from omegaconf.errors import OmegaConfBaseException
 
 from cream.config import load_config
 from cream.errors import CreamError, system_error
+from cream.plugins.registry import load_plugins
+
+load_plugins()  # the methods' settings groups join the schema before Hydra composes the config
 
 
 def fail(message: str, code: int = 2) -> None:

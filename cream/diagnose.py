@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from cream.config import DiagnoseConfig
-from cream.config.plugins import RewarderName
+from cream.plugins.registry import REWARDERS, load_plugins
 
 
 JUDGES = Path(__file__).resolve().parent.parent / "conf" / "judge"  # the judge group's choices, for --judge
@@ -25,17 +25,17 @@ SAMPLED_UNDER = ("sampling", "judge", "model", "data", "iterations", "seed", "di
                  "diagnose.max_new_tokens")
 
 
-def parse_rewarders(value: str) -> list[RewarderName]:
-    """`--rewarders implicit,judge` as rewarder names; an unknown or missing one is a one-line error."""
+def parse_rewarders(value: str) -> list[str]:
+    """`--rewarders implicit,judge` as registered rewarder names; an unknown or missing one is a one-line error."""
     from cream.errors import ConfigError
 
-    known = [r.value for r in RewarderName]
+    known = REWARDERS.names()
     names = [v.strip() for v in value.split(",") if v.strip()]
     unknown = [v for v in names if v not in known]
     if unknown or not names:
         problem = f"unknown rewarder {unknown[0]!r}" if unknown else "names no rewarder"
         raise ConfigError(f"argument --rewarders: {problem}; give a comma-separated list of {', '.join(known)}")
-    return [RewarderName(v) for v in names]
+    return names
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -43,13 +43,15 @@ def main(argv: list[str] | None = None) -> None:
     from cream.errors import CreamError
 
     defaults = DiagnoseConfig()
+    load_plugins()  # the rewarders and the methods' settings groups of the run's configuration
     parser = argparse.ArgumentParser(prog="python -m cream.diagnose", description=main.__doc__)
     parser.add_argument("--run", required=True, help="the run folder (runs/<experiment>/<run_name>)")
     parser.add_argument("--iteration", type=int, help="diagnose M_t, compared with M_{t-1} (default: the newest model)")
     parser.add_argument("--prompts", type=int, default=defaults.prompts, help="K held-out prompts (diagnose.prompts)")
     parser.add_argument("--n", type=int, default=defaults.n, help="responses per prompt (diagnose.n)")
-    parser.add_argument("--rewarders", default=",".join(r.value for r in defaults.rewarders),
-                        help="comma-separated, from implicit, likelihood, judge, oracle (diagnose.rewarders)")
+    parser.add_argument("--rewarders", default=",".join(defaults.rewarders),
+                        help=f"comma-separated, from the registered rewarders: {', '.join(REWARDERS.names())} "
+                             "(diagnose.rewarders)")
     parser.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens, help="diagnose.max_new_tokens")
     parser.add_argument("--bootstrap", type=int, default=defaults.bootstrap, help="resamples (diagnose.bootstrap)")
     parser.add_argument("--judge", help="judge the responses with conf/judge/JUDGE.yaml instead of the run's judge.* "

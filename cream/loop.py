@@ -32,6 +32,7 @@ from cream.runs.run_folder import (EVALUATE_M0, RunFolder, data_identity, digest
                                    stage_folder)
 from cream.plugins.contracts import Context
 from cream.stages import StageResult, consistency, diagnose, evaluate, pairs, reward, sample, sft, dpo
+from cream.stages import settings as stage_settings
 
 log = logging.getLogger("cream")
 ITERATION = (sample, reward, consistency, pairs, dpo)  # then evaluate, when eval.enabled
@@ -55,10 +56,10 @@ class Run:
         self.stage_seconds: dict[str, float] = {}
 
     def fingerprint(self, ctx: Context, stage: ModuleType) -> dict:
-        """What a stage's result depends on: its settings, its inputs, the models so far, the parts of the data it
+        """What a stage's result depends on: its settings and its selected plug-ins' (`cream.stages.settings`), its inputs, the models so far, the parts of the data it
         reads (`DATA`: an edited evaluation file recomputes the evaluations only)."""
         return {
-            "config": digest(select(self.folder.config, stage.CONFIG)),
+            "config": digest(select(self.folder.config, stage_settings(stage, ctx.cfg))),
             "inputs": {s: ctx.digests[s] for s in stage.READS},
             # a model no stage produced (M0) is what the `model` settings say
             "models": [self.model_digests.get(m.name, m.name) for m in ctx.models],

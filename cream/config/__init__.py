@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Optional
 
@@ -29,7 +29,7 @@ from cream.config.rewards import DiagnoseConfig, JudgeConfig, PairsConfig, Regul
 from cream.config.runs import LoggerConfig, PathsConfig, ResumeMode, check_run_name
 from cream.config.training import DPOConfig, SFTConfig
 from cream.errors import ConfigError, require
-from cream.config.plugins import BstarConfig, ScirConfig, SelfReferenceConfig, UpoConfig
+from cream.config.plugins import BstarConfig, ScirConfig, SelfReferenceConfig, SppoConfig, UpoConfig
 
 DEVICES = ("auto", "cpu", "cuda")  # the values of the config key `device`
 
@@ -56,6 +56,7 @@ class Config:
     scir: ScirConfig = field(default_factory=ScirConfig)
     upo: UpoConfig = field(default_factory=UpoConfig)
     bstar: BstarConfig = field(default_factory=BstarConfig)
+    sppo: SppoConfig = field(default_factory=SppoConfig)
     self_reference: SelfReferenceConfig = field(default_factory=SelfReferenceConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
@@ -79,6 +80,29 @@ class Config:
         require(not self.sft.enabled or (self.sft.lora is None) == (self.dpo.lora is None), "sft.lora",
                 f"must be set exactly when dpo.lora is (DPO continues the model SFT trains); "
                 f"sft.lora={'null' if self.sft.lora is None else 'set'}, dpo.lora={'null' if self.dpo.lora is None else 'set'}")
+
+
+_schema: type = Config  # Config plus the settings groups of the loaded methods (`store_schema`)
+_plugin_problems: list[str] = []  # the plug-in modules that failed to load, for the error of an unknown key
+
+
+def store_schema(groups: dict[str, type], problems: list[str]) -> type:
+    """Compose `Config` with the methods' settings groups (each a dataclass, registered by its plug-in module in
+    `cream.plugins.registry.SETTINGS`) and register it as Hydra's `cream_schema`: called by `load_plugins`."""
+    global _schema
+    clash = sorted(set(groups) & {f.name for f in fields(Config)})
+    require(not clash, clash[0] if clash else "", "a method's settings group takes the name of a core group")
+    _schema = make_dataclass("Config", [(name, cls, field(default_factory=cls)) for name, cls in sorted(groups.items())],
+                             bases=(Config,))
+    _schema.__module__, _schema.__doc__ = __name__, Config.__doc__
+    _plugin_problems[:] = problems
+    ConfigStore.instance().store(name="cream_schema", node=_schema)
+    return _schema
+
+
+def schema() -> type:
+    """The configuration schema: `Config`, plus the loaded methods' groups once `load_plugins` has run."""
+    return _schema
 
 
 ConfigStore.instance().store(name="cream_schema", node=Config)
@@ -110,11 +134,12 @@ def load_config(cfg: DictConfig) -> Config:
     try:
         plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)
         _refuse_non_finite(plain)
-        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
+        merged = OmegaConf.merge(OmegaConf.structured(_schema), plain)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None)
-        raise ConfigError(f"invalid config{f' at `{key}`' if key else ''}: {e.msg if hasattr(e, 'msg') else e}") from None
+        broken = f" (plug-in modules that failed to load: {' | '.join(_plugin_problems)})" if _plugin_problems else ""
+        raise ConfigError(f"invalid config{f' at `{key}`' if key else ''}: {e.msg if hasattr(e, 'msg') else e}{broken}") from None
 
 
 def to_plain_dict(cfg: Config) -> dict:

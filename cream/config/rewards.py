@@ -1,5 +1,6 @@
 """What scores and ranks responses: the rewarder, the judge, the consistency regularizer, the pairs, and the
-reward-bias diagnosis. The rewarders' names are `cream.config.plugins.RewarderName`."""
+reward-bias diagnosis. A rewarder is named as it registered (`cream.plugins.registry.REWARDERS`: implicit,
+likelihood, judge, oracle, and the methods' own, e.g. self_reference); `cream.preflight` checks every name."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Optional
 
 from cream.config.prompts import SRLM_JUDGE_TEMPLATE
 from cream.errors import ConfigError, require
-from cream.config.plugins import RewarderName
 
 
 class ModelRole(StrEnum):
@@ -31,7 +31,9 @@ class AgreementMeasure(StrEnum):
 
 @dataclass
 class RewarderConfig:
-    name: RewarderName = RewarderName.implicit
+    # a registered rewarder: implicit (log pi_t - log pi_ref, CREAM), likelihood (mean token log-prob), judge (the
+    # model grades its own responses, SRLM), oracle (ground-truth correctness), self_reference (cream/methods/)
+    name: str = "implicit"
     # pi_ref of the implicit reward r = log pi_t - log pi_ref (paper: M0 at every iteration); other rewarders ignore it
     reference: ModelRole = ModelRole.m0
     batch_size: int = 8  # responses per scoring forward (also the DPO reference log-probs)
@@ -84,7 +86,7 @@ class RegularizerConfig:
     measure: AgreementMeasure = AgreementMeasure.kendall
     # The "previous" ranking is the rewarder applied with M_{t-1}. When that is degenerate (at t=1
     # M_{t-1} = M0 is its own reference), the previous ranking is this rewarder on M0 instead.
-    first_previous: RewarderName = RewarderName.likelihood
+    first_previous: str = "likelihood"  # a registered rewarder
 
 
 @dataclass
@@ -110,9 +112,7 @@ class DiagnoseConfig:
     enabled: bool = False  # the loop diagnoses each iteration's new model after training
     prompts: int = 256  # K: the prompts after the run's training shards, never trained on
     n: int = 4  # responses per prompt
-    rewarders: list[RewarderName] = field(
-        default_factory=lambda: [RewarderName.implicit, RewarderName.likelihood, RewarderName.judge, RewarderName.oracle]
-    )
+    rewarders: list[str] = field(default_factory=lambda: ["implicit", "likelihood", "judge", "oracle"])  # registered
     max_new_tokens: int = 128  # per response; the judge keeps its own `judge.max_new_tokens`
     bootstrap: int = 2000  # resamples of the prompts for each confidence interval
     confidence: float = 0.95  # level of the intervals
@@ -121,7 +121,7 @@ class DiagnoseConfig:
         require(self.prompts >= 1, "diagnose.prompts", f"must be >= 1, got {self.prompts}")
         require(self.n >= 2, "diagnose.n", f"ranking needs at least 2 responses per prompt, got {self.n}")
         require(len(self.rewarders) > 0, "diagnose.rewarders", "must name at least one rewarder")
-        repeated = sorted({r.value for r in self.rewarders if self.rewarders.count(r) > 1})
+        repeated = sorted({r for r in self.rewarders if self.rewarders.count(r) > 1})
         require(not repeated, "diagnose.rewarders", f"lists {', '.join(repeated)} more than once")
         require(self.max_new_tokens > 0, "diagnose.max_new_tokens", f"must be > 0, got {self.max_new_tokens}")
         require(self.bootstrap >= 1, "diagnose.bootstrap", f"must be >= 1, got {self.bootstrap}")

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from cream.config.plugins import RewarderName, SelfReferenceConfig
+from cream.config.plugins import SelfReferenceConfig
 from cream.errors import ConfigError, StageError
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
@@ -98,6 +98,7 @@ def verdict_token_ids(tokenizer, verdicts: list[str]) -> list[int]:
 
 class SelfReferenceRewarder:
     needs_reference = False
+    settings = ("self_reference",)
 
     def logp_models(self, spec) -> list:
         return []
@@ -167,4 +168,4 @@ class SelfReferenceRewarder:
         return out, stats
 
 
-REWARDERS.register(RewarderName.self_reference.value, SelfReferenceRewarder())
+REWARDERS.register("self_reference", SelfReferenceRewarder())

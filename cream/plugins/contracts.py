@@ -13,7 +13,8 @@
   may leave settings for later stages in the sample stage's `adaptive.json` (a `SamplingChoice`);
 - a `Loss` says which examples it trains on (`layout`: `pairs` or `responses`, one per scored response),
   which per-example columns it reads, and computes the per-example loss from the policy's summed log-probs
-  of the batch's sequences; per-example weights and targets reach it through those columns.
+  of the batch's sequences; per-example weights and targets reach it through those columns. A `responses`
+  loss also sets each response's target from its prompt's rewards (`response_targets`).
 
 Where each kind is registered and which config key selects it: `cream.plugins.registry`.
 """
@@ -30,7 +31,6 @@ if TYPE_CHECKING:  # types only: importing the contracts loads neither torch nor
     from cream.config import Config, JudgeConfig, SamplingConfig
     from cream.engine.model_pool import ModelPool
     from cream.runs.model_ref import ModelRef
-    from cream.config.plugins import RewarderName
     from cream.runs.logger import RunLogger
     from cream.runs.rows import Pair, PromptSamples, RewardRow
 
@@ -78,7 +78,7 @@ class Context:
 class RewardSpec:
     """A rewarder applied to one model. Responses in, one score per response (or None) out."""
 
-    rewarder: RewarderName  # a registered rewarder's name
+    rewarder: str  # a registered rewarder's name
     model: ModelRef
     reference: Optional[ModelRef] = None  # for a rewarder that needs one (implicit)
 
@@ -166,6 +166,9 @@ class Loss:
     columns: tuple[str, ...]  # per-example float columns the loss reads (of `Pair` or `ScoredResponse`)
     # (summed policy log-probs of the batch's sequences, the batch, beta) -> (per-example loss, values to log)
     per_example: Callable[[torch.Tensor, dict, float], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    # layout `responses` only: (one prompt's rewards, the indices of the responses in its kept pairs, the config) ->
+    # each response's `target`, None for a response that is no example; the pairs stage writes one per float
+    response_targets: Optional[Callable[[Sequence[Optional[float]], Sequence[int], Config], list[Optional[float]]]] = None
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The rewarders: what scores a response, under which model, and the reference schedule across iterations.
 
 A `RewardSpec` (`cream.plugins.contracts`) is a rewarder applied to one model. Rewarders are registered by name
-(`cream.plugins.registry.REWARDERS`, the names of `RewarderName`): `implicit` and `likelihood` read the log-probs
+(`cream.plugins.registry.REWARDERS`): `implicit` and `likelihood` read the log-probs
 the reward stage computed once per (model, response); `judge` samples judgements of the model itself;
 `oracle` checks the known answer. A rewarder that scores with model calls of its own gets the model pool
 through `RewardInputs`.
@@ -17,7 +17,6 @@ import numpy as np
 
 from cream.config import Config
 from cream.config.rewards import ModelRole
-from cream.config.plugins import RewarderName
 from cream.eval.extract import is_correct
 from cream.rewards.judge import judge_scores
 from cream.engine.model_pool import ModelPool
@@ -27,7 +26,7 @@ from cream.plugins.registry import REWARDERS
 from cream.runs.rows import PromptSamples
 
 
-def rewarder_spec(cfg: Config, models: list[ModelRef], k: int, name: RewarderName) -> RewardSpec:
+def rewarder_spec(cfg: Config, models: list[ModelRef], k: int, name: str) -> RewardSpec:
     """Rewarder `name` applied to M_k, with the reference `rewarder.reference` names when it needs one."""
     if not REWARDERS.get(name).needs_reference:
         return RewardSpec(name, models[k])
@@ -97,6 +96,7 @@ class JudgeRewarder:
     """SRLM's LLM-as-a-judge: the model grades its own responses (`cream.rewards.judge`)."""
 
     needs_reference: bool = False
+    settings: tuple[str, ...] = ("judge",)
 
     def logp_models(self, spec: RewardSpec) -> list[ModelRef]:
         return []
@@ -123,8 +123,8 @@ def _mean_token_logprob(spec: RewardSpec, row: PromptSamples, logps_of) -> np.nd
     return logps_of(spec.model) / np.array([max(len(r.ids), 1) for r in row.responses], dtype=float)
 
 
-REWARDERS.register(RewarderName.implicit.value,  # log pi_t - log pi_ref, summed over the response
+REWARDERS.register("implicit",  # log pi_t - log pi_ref, summed over the response
                    LogpRewarder(True, lambda spec, row, logps_of: logps_of(spec.model) - logps_of(spec.reference)))
-REWARDERS.register(RewarderName.likelihood.value, LogpRewarder(False, _mean_token_logprob))
-REWARDERS.register(RewarderName.judge.value, JudgeRewarder())
-REWARDERS.register(RewarderName.oracle.value, OracleRewarder())
+REWARDERS.register("likelihood", LogpRewarder(False, _mean_token_logprob))
+REWARDERS.register("judge", JudgeRewarder())
+REWARDERS.register("oracle", OracleRewarder())

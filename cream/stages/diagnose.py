@@ -19,7 +19,6 @@ from typing import Iterator
 
 from cream.runs.artifacts import write_bytes, write_json, write_jsonl
 from cream.config import Config
-from cream.config.plugins import RewarderName
 from cream.rewards.consistency import measured_consistency
 from cream.rewards.diagnostics import GROUPS, PromptOutcome, consistency_split, diagnose_rewarder
 from cream.errors import DataError, StageError
@@ -28,6 +27,7 @@ from cream.engine.models import load_tokenizer
 from cream.plugins.contracts import Context, PairStats, RewardSpec
 from cream.rewards.pairing import choose_pair
 from cream.rewards.rewarders import correctness, reward_specs, spec_logp_models, spec_scores
+from cream.plugins.registry import rewarders_of, settings_of
 from cream.runs.rows import PromptSamples, write_rows
 from cream.engine.scoring import logprobs_under
 from cream.stages import StageResult
@@ -35,7 +35,14 @@ from cream.stages import StageResult
 NAME = "diagnose"
 DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS: tuple[str, ...] = ()  # the model it diagnoses is the newest, part of every fingerprint
-CONFIG = ("diagnose", "rewarder", "judge", "sampling", "regularizer", "model", "data", "iterations", "seed")
+CONFIG = ("diagnose", "rewarder", "sampling", "regularizer", "model", "data", "iterations", "seed")
+
+
+def plugin_settings(cfg: Config) -> tuple[str, ...]:
+    """The settings of every rewarder it scores with: the diagnosed ones and those that measure C."""
+    names = [*cfg.diagnose.rewarders, cfg.rewarder.name, cfg.regularizer.first_previous]
+    return settings_of(rewarders_of(cfg, names), cfg)
+
 DIAGNOSIS, FIGURE, SCORES, RESPONSES = "diagnose.json", "diagnose.png", "scores.jsonl", "responses.jsonl"
 
 
@@ -50,7 +57,7 @@ def held_out(prompts: list[dict], cfg: Config) -> list[dict]:
 
 
 def _spec_json(spec: RewardSpec) -> dict:
-    return {"rewarder": spec.rewarder.value, "model": spec.model.name,
+    return {"rewarder": spec.rewarder, "model": spec.model.name,
             "reference": spec.reference.name if spec.reference else None}
 
 
@@ -119,7 +126,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         # reference the schedule falls back to `regularizer.first_previous`, and `scored_as` says so
         as_run = dataclasses.replace(cfg, rewarder=dataclasses.replace(cfg.rewarder, name=name))
         specs[name] = reward_specs(as_run, ctx.models, t)[0]
-        with clock.part(name.value):  # with the log-probs it is the first to need
+        with clock.part(name):  # with the log-probs it is the first to need
             scores_of(specs[name])
 
     current, previous = reward_specs(cfg, ctx.models, t)
@@ -135,11 +142,11 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         pairs = [None if c is None else (c.chosen, c.rejected) for c in choices]
         result = diagnose_rewarder([PromptOutcome(r, c, p) for r, c, p in zip(rewards, correct, pairs)], consistency,
                                    settings.bootstrap, cfg.seed, settings.confidence)
-        diagnosis["rewarders"][name.value] = {"scored_as": _spec_json(spec), "seconds": clock.wall[name.value],
-                                              "cpu_seconds": clock.cpu[name.value], "stats": stats, **_plain(result)}
+        diagnosis["rewarders"][name] = {"scored_as": _spec_json(spec), "seconds": clock.wall[name],
+                                              "cpu_seconds": clock.cpu[name], "stats": stats, **_plain(result)}
         for row, r, p in zip(scores_rows, rewards, pairs):
-            row["rewards"][name.value], row["pairs"][name.value] = r, p
-    if RewarderName.judge in specs:  # which judge: the run's, or the CLI's --judge
+            row["rewards"][name], row["pairs"][name] = r, p
+    if "judge" in specs:  # which judge: the run's, or the CLI's --judge
         diagnosis["judge_settings"] = dataclasses.asdict(cfg.judge)
     diagnosis["consistency"] = {"current": _spec_json(current), "previous": _spec_json(previous),
                                 "measure": cfg.regularizer.measure.value, "measured_prompts": len(measured),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cream.plugins.contracts import Context
-from cream.plugins.registry import LOSSES
+from cream.plugins.registry import LOSSES, settings_of
 from cream.stages import StageResult
 from cream.training.dpo_trainer import train
 
@@ -19,6 +19,11 @@ NAME = "dpo"
 DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("pairs",)
 CONFIG = ("dpo", "model", "seed")
+
+
+def plugin_settings(cfg) -> tuple[str, ...]:
+    return settings_of([LOSSES.get(cfg.dpo.loss)], cfg)
+
 
 
 def run(ctx: Context, stage_dir: Path) -> StageResult:

@@ -3,7 +3,9 @@ label and weight, through the filters of `pairs.filters` -> `pairs.jsonl` (`Pair
 trains on every response (`dpo.loss=sppo`), `scored_responses.jsonl` (`ScoredResponse`s).
 
 What the loss sees of a pair is set here: its label `target` = C*p + (1-C)*(1-p) (`cream.training.losses.soft_label`:
-the consistency C of the consistency stage, the strength p = sigmoid(reward gap / pairs.tau)), its `weight`
+the consistency C of the consistency stage, the strength p = preference_probability(reward_scale x reward gap,
+pairs.tau), the one convention of `cream.rewards.pairing`: tau = 1 is the rewarder's own Bradley-Terry
+probability, sigmoid(dpo.beta x gap) for the implicit reward), its `weight`
 (1, times each filter's weight) and its penalty term (a filter's). The strategies, filters and losses are
 looked up by name in `cream.plugins.registry`.
 """
@@ -17,17 +19,26 @@ from pathlib import Path
 from cream.rewards.diagnostics import reward_accuracy
 from cream.errors import StageError
 from cream.training.losses import soft_label
-from cream.plugins.contracts import Context, PairStats
-from cream.rewards.pairing import preference_probability, win_rates
-from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS
+from cream.config import Config
+from cream.plugins.contracts import Context, Loss, PairStats
+from cream.rewards.pairing import preference_probability, reward_scale
+from cream.plugins.registry import FILTERS, LOSSES, PAIRINGS, settings_of
 from cream.runs.rows import ConsistencyRow, Pair, PromptSamples, RewardRow, ScoredResponse, read_rows, write_rows
 from cream.stages import StageResult
 
 NAME = "pairs"
 DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("sample", "reward", "consistency")
-# its C comes from the consistency stage; dpo.loss decides the examples written, dpo.beta is SCIR's implicit scale
-CONFIG: tuple[str, ...] = ("pairs", "scir", "upo", "dpo.loss", "dpo.beta")
+# its C comes from the consistency stage; dpo.loss decides the examples written; a strength's scale is the
+# rewarder's (`reward_scale`: dpo.beta for the implicit reward)
+CONFIG: tuple[str, ...] = ("pairs", "dpo.loss", "dpo.beta", "rewarder.name")
+
+
+def plugin_settings(cfg) -> tuple[str, ...]:
+    """The settings of its pairing, its filters and its loss (which may set the examples' targets)."""
+    entries = [PAIRINGS.get(cfg.pairs.strategy), *(FILTERS.get(name) for name in cfg.pairs.filters), LOSSES.get(cfg.dpo.loss)]
+    return settings_of(entries, cfg)
+
 PAIRS, RESPONSES = "pairs.jsonl", "scored_responses.jsonl"
 TABLE_COLUMNS = ("prompt", "chosen", "rejected", "chosen_reward", "rejected_reward", "consistency", "target", "weight",
                  "chosen_correct", "rejected_correct")
@@ -40,6 +51,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     reward_rows = read_rows(ctx.file("reward", "rewards"), RewardRow)
     strategy = PAIRINGS.get(settings.strategy)
     policy = ctx.policy.name  # M_t: DPO starts from it and takes it as the reference
+    rewarder = str(getattr(ctx.cfg.rewarder.name, "value", ctx.cfg.rewarder.name))  # the scale of its reward gaps
     stats, pairs = PairStats(), []
     for row in reward_rows:
         sample = samples[row.id]
@@ -51,7 +63,8 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         logps = row.logps[policy]
         for choice in choices:
             good, bad = sample.responses[choice.chosen], sample.responses[choice.rejected]
-            strength = preference_probability(row.rewards[choice.chosen] - row.rewards[choice.rejected], settings.tau)
+            gap = row.rewards[choice.chosen] - row.rewards[choice.rejected]
+            strength = preference_probability(reward_scale(rewarder, ctx.cfg.dpo.beta) * gap, settings.tau)
             pairs.append(Pair(
                 id=row.id, task=row.task, answer=row.answer, prompt=sample.prompt, chosen=good.text, rejected=bad.text,
                 chosen_reward=row.rewards[choice.chosen], rejected_reward=row.rewards[choice.rejected], consistency=c,
@@ -76,7 +89,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     outputs = {"pairs": Path(stage_dir) / PAIRS}  # named by layout: the train stage reads its loss's
     write_rows(outputs["pairs"], pairs)
     if LOSSES.get(ctx.cfg.dpo.loss).layout == "responses":
-        responses = scored_responses(pairs, rows_by_id, samples, policy, settings.tau)
+        responses = scored_responses(pairs, rows_by_id, samples, policy, LOSSES.get(ctx.cfg.dpo.loss), ctx.cfg)
         outputs["responses"] = Path(stage_dir) / RESPONSES
         write_rows(outputs["responses"], responses)
         metrics["pairs/scored_responses"] = len(responses)
@@ -95,18 +108,25 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
 
 
 def scored_responses(pairs: list[Pair], rewards: dict[str, RewardRow], samples: dict[str, PromptSamples], policy: str,
-                     tau) -> list[ScoredResponse]:
-    """Every scored response of each prompt that kept a pair, with its win rate under the self-reward."""
+                     loss: Loss, cfg: Config) -> list[ScoredResponse]:
+    """The examples of a `responses` loss: per prompt that kept a pair, each response the loss gives a target
+    (`Loss.response_targets`, from the prompt's rewards and the responses of its kept pairs), with that target."""
+    if loss.response_targets is None:
+        raise StageError(f"dpo.loss={cfg.dpo.loss} trains on responses but sets no response targets (Loss.response_targets)")
+    paired: dict[str, list[int]] = {}
+    for p in pairs:  # prompts in the pairs' order, once each
+        indices = paired.setdefault(p.id, [])
+        indices += [i for i in (p.chosen_index, p.rejected_index) if i not in indices]
     out = []
-    for pid in dict.fromkeys(p.id for p in pairs):  # prompts in the pairs' order, once each
+    for pid, indices in paired.items():
         row, sample = rewards[pid], samples[pid]
-        for i, (reward, rate) in enumerate(zip(row.rewards, win_rates(row.rewards, tau))):
-            if rate is None:
+        for i, (reward, target) in enumerate(zip(row.rewards, loss.response_targets(row.rewards, indices, cfg))):
+            if target is None:
                 continue
             response = sample.responses[i]
             out.append(ScoredResponse(
                 id=pid, task=row.task, index=i, prompt=sample.prompt, text=response.text, reward=reward,
                 correct=row.correct[i], prompt_ids=sample.prompt_ids, completion_ids=response.ids,
-                ref_logps=row.logps[policy][i], target=rate,
+                ref_logps=row.logps[policy][i], target=target,
             ))
     return out

@@ -17,7 +17,7 @@ import numpy as np
 from cream.runs.artifacts import read_json, write_json
 from cream.errors import StageError
 from cream.engine.models import load_tokenizer
-from cream.plugins.registry import FILTERS
+from cream.plugins.registry import FILTERS, rewarders_of, settings_of
 from cream.rewards.rewarders import correctness, reward_specs, rewarder_spec, spec_logp_models, spec_scores
 from cream.runs.rows import PromptSamples, RewardRow, read_rows, write_rows
 from cream.engine.scoring import distinct_count, logprobs_under
@@ -27,8 +27,16 @@ from cream.stages import StageResult
 NAME = "reward"
 DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS = ("sample",)
-CONFIG = ("rewarder", "judge", "sampling", "regularizer.first_previous", "model", "seed", "pairs.filters", "scir.judge",
-          "self_reference")
+# `sampling`: a rewarder that generates (the judge) does so with its backend and dtype
+CONFIG = ("rewarder", "sampling", "regularizer.first_previous", "model", "seed", "pairs.filters")
+
+
+def plugin_settings(cfg) -> tuple[str, ...]:
+    """The settings of every rewarder it scores with, and the keys that name a filter's rewarders (`rewarders_from`)."""
+    filters = [FILTERS.get(name) for name in cfg.pairs.filters]
+    names = [cfg.rewarder.name, cfg.regularizer.first_previous, *(n for f in filters for n in f.rewarders(cfg))]
+    return settings_of(rewarders_of(cfg, names), cfg) + tuple(k for f in filters for k in getattr(f, "rewarders_from", ()))
+
 REWARDS = "rewards.jsonl"
 
 

@@ -19,15 +19,20 @@ from cream.errors import StageError
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
 from cream.plugins.contracts import Context
-from cream.plugins.registry import ADAPTIVE_SAMPLERS
+from cream.plugins.registry import ADAPTIVE_SAMPLERS, settings_of
 from cream.runs.rows import PromptSamples, write_rows
 from cream.stages import StageResult
 
 NAME = "sample"
 DATA = ("prompts",)  # the parts of the run's data it reads (`data_identity`)
 READS: tuple[str, ...] = ()
-# the settings its result depends on; an adaptive sampler's probe also scores with the rewarder's
-CONFIG = ("sampling", "model", "data", "seed", "bstar", "rewarder", "judge", "self_reference", "regularizer.first_previous")
+CONFIG = ("sampling", "model", "data", "seed")
+
+
+def plugin_settings(cfg) -> tuple[str, ...]:
+    """The adaptive sampler's (B-STaR's probe scores with the run's rewarder: its settings too)."""
+    return settings_of([ADAPTIVE_SAMPLERS.get(cfg.sampling.adaptive)], cfg)
+
 RESPONSES, ADAPTIVE = "responses.jsonl", "adaptive.json"
 
 
