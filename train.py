@@ -25,13 +25,16 @@ def fail(message: str, code: int = 2) -> None:
 def main(cfg: DictConfig) -> None:
     from cream.loop import run
 
+    typed = None
     try:
-        run(load_config(cfg))
+        typed = load_config(cfg)
+        run(typed)  # sets typed.run_name to the folder's name when a suffix was needed
     except CreamError as e:
         fail(str(e))
     except KeyboardInterrupt:
         print(file=sys.stderr)  # a line of its own, after any progress bar cut short
-        fail(f"interrupted; rerun the same command with run_name={cfg.run_name} to resume", 130)
+        name = typed.run_name if typed is not None else cfg.run_name
+        fail(f"interrupted; rerun the same command with run_name={name} to resume", 130)
     except Exception as e:  # a read-only folder, a full disk: completed stages are kept, the same command resumes
         report = system_error(e)
         if report is None:

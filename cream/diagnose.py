@@ -78,7 +78,7 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     from cream.engine.models import resolve_device, resolve_model_dir
     from cream.runs.model_ref import ModelRef
     from cream.runs.reader import RunReader
-    from cream.runs.run_folder import RUN_MANIFEST, data_identity, digest, prepare_stage, select
+    from cream.runs.run_folder import RUN_MANIFEST, data_identity, digest, hold, prepare_stage, select
     from cream.plugins.contracts import Context
     from cream.stages import diagnose
     from omegaconf import OmegaConf
@@ -113,6 +113,10 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
     out = Path(args.out) if args.out else run_dir / "diagnose" / f"m{t}"
     if out.is_dir() and any(out.iterdir()) and not (out / STARTED).is_file():
         raise ConfigError(f"argument --out: {out} exists and is not a diagnose folder; give a new or empty folder")
+    # Held for the whole diagnosis: a second one into the same folder would delete this one's work. The lock file
+    # sits beside the folder, which `prepare_stage` may delete.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = hold(out.parent / f".{out.name}.lock", f"diagnose folder {out}", "`--out`")  # noqa: F841 (held until exit)
     # a folder sampled under other settings starts over; one sampled under these keeps its finished chunks
     # (responses, judgements), whatever the rewarders or the bootstrap asked for now
     prepare_stage(out, {"config": digest(select(to_plain_dict(cfg), SAMPLED_UNDER)),

@@ -128,7 +128,7 @@ def test_the_default_run_name_is_resolved_once():
 
 @pytest.mark.parametrize("value, expected", [("false", "false"), ("auto", "auto"), ("force", "force")])
 def test_resume_from_the_command_line(value, expected):
-    assert _load([f"resume={value}"]).resume == expected
+    assert _load([f"resume={value}", "run_name=chosen"]).resume == expected
 
 
 @pytest.mark.parametrize(

@@ -298,7 +298,7 @@ def test_bad_arguments_give_one_line_errors(argv, message, capsys):
 
 
 @pytest.mark.slow  # a smoke run and a diagnosis: a minute on 2 cores
-def test_the_loop_and_the_command_line_diagnose_the_same(tmp_path):
+def test_the_loop_and_the_command_line_diagnose_the_same(tmp_path, capsys):
     """With `diagnose.enabled` the loop diagnoses the model each iteration trains; the CLI, given the finished
     run, rebuilds that model from the run folder and finds the same numbers."""
     from tests.test_integration import cli
@@ -320,6 +320,15 @@ def test_the_loop_and_the_command_line_diagnose_the_same(tmp_path):
                {k: v for k, v in by_loop["rewarders"][name].items() if "seconds" not in k}
     with pytest.raises(SystemExit):
         main(["--run", str(run_dir), "--iteration", "3"])  # the run has M0..M2
+    # issue 21 case 9: a second diagnosis into a folder another one is writing stops, naming it
+    from cream.runs.run_folder import hold
+
+    other = hold(run_dir / "diagnose" / ".m2.lock", "diagnose folder", "`--out`")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--run", str(run_dir), "--data", str(FIXTURE_DATA), "--rewarders", "oracle", "--prompts=3", "--n=3"])
+    other.close()
+    assert exit_.value.code == 2 and "in use by process" in capsys.readouterr().err
+    assert json.loads((run_dir / "diagnose" / "m2" / "diagnose.json").read_text()) == by_cli  # untouched
     # another judge than the run's, by its conf/judge name
     main(["--run", str(run_dir), "--data", str(FIXTURE_DATA), "--rewarders", "judge", "--prompts=3", "--n=2",
           "--max-new-tokens=4", "--bootstrap=50", "--judge", "compact", "--out", str(tmp_path / "compact")])

@@ -195,3 +195,50 @@ def test_sweep_run_names_interpolate_enum_settings_as_their_values(sweep, point,
     assert "." not in cfg.run_name and "Name" not in cfg.run_name, cfg.run_name
     if expected:
         assert cfg.run_name == expected
+
+
+@pytest.mark.parametrize("overrides, same_folder", [([], False), (["run_name=chosen"], True), (["resume=force"], True)])
+def test_a_timestamp_run_name_never_resumes_an_existing_folder(overrides, same_folder, tmp_path):
+    """Case 3: two runs of one configuration started in the same second share the timestamp name; the second
+    gets a folder of its own (`<timestamp>_2`). A name the user chose (or resume=force) still resumes."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    from cream.config import load_config
+    from cream.runs.run_folder import RunFolder
+    from tests.conftest import REPO
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        composed = compose(config_name="config", overrides=["experiment=smoke", f"paths.runs={tmp_path}", *overrides],
+                           return_hydra_config=True)
+    HydraConfig.instance().set_config(composed)
+    first = RunFolder(load_config(composed), {"prompts": "p"})
+    first.save("wandb-1")
+    first._lock.close()  # the first run has ended
+    second_cfg = load_config(composed)  # the same composed config: the same second
+    second = RunFolder(second_cfg, {"prompts": "p"})
+    assert (second.dir == first.dir) == same_folder
+    if not same_folder:
+        assert second.dir.name == f"{first.dir.name}_2" == second_cfg.run_name
+        assert second.manifest["wandb_id"] is None  # not the old run's W&B id
+
+
+def test_kept_sample_chunks_are_reused_only_with_as_many_samples_as_asked(tiny_model_dir, tmp_path):
+    """Case 9: chunks kept from a run that asked for n=2 are not passed off as n=3 (they were checked on their
+    prompts only)."""
+    import dataclasses
+
+    from cream.config import ModelConfig, SamplingConfig
+    from cream.config.engine import ModelSource
+    from cream.engine.generation import generate
+    from cream.engine.model_pool import ModelPool
+    from cream.engine.models import load_tokenizer
+    from cream.runs.model_ref import ModelRef
+
+    model, pool = ModelRef("m0", str(tiny_model_dir)), ModelPool(ModelConfig(name="tiny", source=ModelSource.tiny))
+    tokenizer = load_tokenizer(model.base)
+    prompts = [tokenizer("a question")["input_ids"]]  # one chunk either way
+    sampling = SamplingConfig(n=2, max_new_tokens=4, batch_size=4)
+    two = generate(pool, model, tokenizer, prompts, sampling, sampling, 0, tmp_path, "n=2", 64)
+    three = generate(pool, model, tokenizer, prompts, dataclasses.replace(sampling, n=3), sampling, 0, tmp_path, "n=3", 64)
+    assert [len(r) for r in two] == [2] and [len(r) for r in three] == [3]

@@ -130,6 +130,10 @@ def load_config(cfg: DictConfig) -> Config:
     """Validate a composed Hydra config against the schema and return the typed object."""
     container = OmegaConf.to_container(cfg, resolve=False)
     container.pop("hydra", None)  # Hydra's own settings are not ours to validate
+    if str(container.get("run_name", "")).startswith("${run_stamp:") and str(container.get("resume")).lower() in ("auto", "true"):
+        # A name the user did not choose never resumes a folder: two runs started in the same second (or under a
+        # clock set back) would share one. The second gets `<timestamp>_2`, as with resume=false.
+        container["resume"] = ResumeMode.false.value
     container["run_name"] = OmegaConf.select(cfg, "run_name")  # resolved in `cfg`, whose `run_stamp` is cached
     try:
         plain = OmegaConf.to_container(OmegaConf.create(container), resolve=True)

@@ -114,9 +114,10 @@ def generate(
         for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
             path = Path(chunk_dir) / f"{index:05d}.jsonl"
             expected = [prompt_ids[i] for i in chunk]
-            # kept from an interrupted run only if it holds these very prompts (each row records its own)
+            # kept from an interrupted run only if it holds these very prompts (each row records its own), each
+            # with as many samples as asked for now
             rows = read_jsonl(path) if path.is_file() else []
-            if [row.get("prompt_ids") for row in rows] != expected:
+            if [row.get("prompt_ids") for row in rows] != expected or any(len(row["samples"]) != cfg.n for row in rows):
                 sampler = sampler or _chunk_sampler(model, cfg, engine, eos_id, pad_id)
                 generated = sampler(expected, seed * 1_000_003 + index)
                 rows = [{"prompt_ids": expected[k], "samples": [asdict(_response(tokenizer, ids, eos_id, pad_id))

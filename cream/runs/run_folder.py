@@ -76,9 +76,10 @@ class RunFolder:
                 suffix += 1
                 self.dir = requested.with_name(f"{cfg.run_name}_{suffix}")
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._lock = _lock(self.dir)
+        self._lock = hold(self.dir / LOCK, f"run folder {self.dir}", "`run_name`")
         if self.dir != requested:
             _move_hydra_log(requested, self.dir)
+            cfg.run_name = self.dir.name  # the name that resumes this folder
         self.config = {k: v for k, v in to_plain_dict(cfg).items() if k not in NOT_RESULT_KEYS}
         self.manifest = {"config": self.config, "data": data_identity, "wandb_id": None, "forced": []}
         path = self.dir / RUN_MANIFEST
@@ -151,17 +152,17 @@ def _differences(previous: dict, current: dict) -> list[str]:
     return changes + [f"data {k} differ" for k in sorted(old_data.keys() | new_data.keys()) if old_data.get(k) != new_data.get(k)]
 
 
-def _lock(run_dir: Path):
-    """Hold the folder for this process (released when it exits, however it exits)."""
-    handle = open(run_dir / LOCK, "a+")
+def hold(lock_file: Path, what: str, other: str):
+    """Hold `lock_file` for this process (released when it exits, however it exits); a ConfigError saying that
+    `what` is in use, and which process holds it, when another does (choose `other` instead, or wait)."""
+    handle = open(lock_file, "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.seek(0)
         holder = handle.read().strip() or "unknown"
         handle.close()
-        raise ConfigError(f"run folder {run_dir} is in use by process {holder}; wait for it to end or choose "
-                          "another `run_name`") from None
+        raise ConfigError(f"{what} is in use by process {holder}; wait for it to end or choose another {other}") from None
     handle.seek(0)
     handle.truncate()
     handle.write(str(os.getpid()))
