@@ -56,15 +56,9 @@ class Run:
         self.stage_seconds: dict[str, float] = {}
 
     def fingerprint(self, ctx: Context, stage: ModuleType) -> dict:
-        """What a stage's result depends on: its settings and its selected plug-ins' (`cream.stages.settings`), its inputs, the models so far, the parts of the data it
-        reads (`DATA`: an edited evaluation file recomputes the evaluations only)."""
-        return {
-            "config": digest(select(self.folder.config, stage_settings(stage, ctx.cfg))),
-            "inputs": {s: ctx.digests[s] for s in stage.READS},
-            # a model no stage produced (M0) is what the `model` settings say
-            "models": [self.model_digests.get(m.name, m.name) for m in ctx.models],
-            "data": digest({part: self.data[part] for part in stage.DATA}),  # only the data it reads
-        }
+        # a model no stage produced (M0) is what the `model` settings say
+        models = [self.model_digests.get(m.name, m.name) for m in ctx.models]
+        return fingerprint(stage, ctx.cfg, self.folder.config, self.data, {s: ctx.digests[s] for s in stage.READS}, models)
 
     def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None) -> StageResult:
         """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once."""
@@ -107,6 +101,19 @@ class Run:
 
     def _decode(self, encoded: dict, stage_dir: Path) -> dict:
         return {k: self.folder.model(v["model"]) if "model" in v else stage_dir / v["file"] for k, v in encoded.items()}
+
+
+def fingerprint(stage: ModuleType, cfg: Config, plain_config: dict, data: dict, inputs: dict[str, str],
+                models: list[str]) -> dict:
+    """What a stage's result depends on: its settings and its selected plug-ins' (`cream.stages.settings`, read
+    from the run's `plain_config`), the outputs of the stages it reads (`inputs`), the models so far, and the
+    parts of the data it reads (`DATA`: an edited evaluation file recomputes the evaluations only)."""
+    return {
+        "config": digest(select(plain_config, stage_settings(stage, cfg))),
+        "inputs": inputs,
+        "models": models,
+        "data": digest({part: data[part] for part in stage.DATA}),
+    }
 
 
 def _logged_stages(metrics_path: Path) -> set[tuple[int, str]]:

@@ -2,11 +2,12 @@
 every preset either changes the fingerprint of some stage, or is on one short list of settings that cannot
 change a result, or is read only by plug-ins the configuration does not select (and then changes nothing).
 
-The fingerprints are the loop's own (`cream.stages.settings`, digested as `cream.loop.Run.fingerprint` does).
+The fingerprints are the loop's own (`cream.loop.fingerprint`).
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -14,19 +15,21 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from cream.config import load_config, to_plain_dict
+from cream.loop import fingerprint
 from cream.plugins.registry import KINDS, SETTINGS, settings_of
-from cream.runs.run_folder import digest, flatten, select
+from cream.runs.run_folder import NOT_RESULT_KEYS, flatten
 from cream.stages import consistency, diagnose, dpo, evaluate, pairs, reward, sample, settings, sft
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 STAGES = (sft, sample, reward, consistency, pairs, dpo, diagnose, evaluate)
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 
-# Settings that cannot change a result: where things are written and read from (the data read is digested
-# on its own, `data_identity`), what is logged, how the run is named and resumed, and how many threads
-# compute it. `device` is here too: a run moved from a CPU to a GPU keeps what it computed (the numbers
-# differ in the last bits, not in meaning).
-NO_RESULT = ("experiment_name", "run_name", "resume", "threads", "device", "paths", "logger")
+# Settings that cannot change a result: those run.json leaves out (where things are written and read from: the
+# data read is digested on its own, `data_identity`; what is logged; how the run is named and resumed; how many
+# threads compute it), the experiment's name (the folder the run is in), and `device`: a run moved from a CPU to
+# a GPU keeps what it computed (the numbers differ in the last bits, not in meaning).
+NO_RESULT = (*NOT_RESULT_KEYS, "experiment_name", "device")
+DATA = {"prompts": "p", "sft_examples": "s", "eval_files": {"arc_easy/validation.jsonl": "e"}}
 
 
 def compose_preset(name: str, overrides: tuple[str, ...] = ()):
@@ -37,9 +40,10 @@ def compose_preset(name: str, overrides: tuple[str, ...] = ()):
     return load_config(composed)
 
 
-def fingerprints(cfg, plain: dict) -> dict[str, str]:
-    """Each stage's configuration digest over `plain`, with the keys `cfg` selects."""
-    return {stage.NAME: digest(select(plain, settings(stage, cfg))) for stage in STAGES}
+def fingerprints(cfg, plain: dict, data: dict = DATA) -> dict[str, dict]:
+    """Each stage's fingerprint over `plain` (as run.json keeps it), with the keys `cfg` selects."""
+    kept = {k: v for k, v in plain.items() if k not in NOT_RESULT_KEYS}
+    return {stage.NAME: fingerprint(stage, cfg, kept, data, {}, ["m0"]) for stage in STAGES}
 
 
 def changed(value):
@@ -73,7 +77,7 @@ def test_every_setting_changes_a_fingerprint_or_cannot_change_a_result(preset):
     owned = plug_in_keys(cfg) | set(SETTINGS.names())  # a method's group is read by its plug-ins only
     unaccounted, stale = [], []
     for key, value in flatten(plain).items():
-        edited = to_plain_dict(cfg)
+        edited = copy.deepcopy(plain)
         *parents, leaf = key.split(".")
         node = edited
         for part in parents:
@@ -119,4 +123,15 @@ def test_settings_of_unselected_plug_ins_recompute_nothing(override):
 def test_a_selected_plug_in_setting_recomputes_the_stages_that_run_it(preset, override, stages):
     before, after = compose_preset(preset), compose_preset(preset, (override,))
     a, b = fingerprints(before, to_plain_dict(before)), fingerprints(after, to_plain_dict(after))
+    assert [name for name in a if a[name] != b[name]] == stages
+
+
+@pytest.mark.parametrize("part, stages", [("eval_files", ["evaluate"]), ("sft_examples", ["sft"]),
+                                          ("prompts", ["sample", "reward", "consistency", "pairs", "dpo", "diagnose"])])
+def test_a_change_of_one_part_of_the_data_recomputes_the_stages_that_read_it(part, stages):
+    """Issue 21 case 8: an edited evaluation file recomputed every stage; each stage depends on the parts of the
+    data it reads."""
+    cfg = compose_preset("smoke")
+    plain = to_plain_dict(cfg)
+    a, b = fingerprints(cfg, plain), fingerprints(cfg, plain, {**DATA, part: "edited"})
     assert [name for name in a if a[name] != b[name]] == stages
