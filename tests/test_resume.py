@@ -53,10 +53,10 @@ def reference_run(tmp_path_factory):
 @pytest.mark.parametrize(
     "marker",
     [
-        "iter_0/sft/checkpoints/checkpoint-*",  # during SFT, after a checkpoint
+        "iter_0/sft/checkpoints/checkpoint-*/cream_counts.json",  # during SFT, after a checkpoint
         "iter_1/sample/chunks/00002.jsonl",  # during sampling
         "iter_1/reward/logps/m1.json",  # during rewarding: one model scored, the other not
-        "iter_1/dpo/checkpoints/checkpoint-*",  # during training, after a checkpoint
+        "iter_1/dpo/checkpoints/checkpoint-*/cream_counts.json",  # during training, after a checkpoint
         "iter_1/pairs/DONE",  # between stages
     ],
 )
@@ -78,6 +78,11 @@ def test_sigkill_then_rerun_reaches_the_same_results(reference_run, tmp_path, ma
     ref_train = next(r for r in ref if r["stage"] == "dpo")
     assert train["dpo/steps"] == ref_train["dpo/steps"]
     assert train["dpo/final_loss"] == pytest.approx(ref_train["dpo/final_loss"], rel=1e-3)
+    # issue 21 case 5: a resumed training reports the uninterrupted one's loss and work (the mean over every
+    # step, not over the resumed session's; the forwarded sequences counted since the start)
+    for stage, keys in (("sft", ("sft/loss", "sft/forward_sequences")), ("dpo", ("dpo/loss", "dpo/forward_sequences"))):
+        mine, theirs = next(r for r in ours if r["stage"] == stage), next(r for r in ref if r["stage"] == stage)
+        assert [mine[k] for k in keys] == pytest.approx([theirs[k] for k in keys], rel=1e-6), stage
 
 
 def test_corrupted_artifact_is_detected(reference_run, tmp_path):

@@ -123,7 +123,6 @@ def training_args(cfg: DPOConfig, output_dir: Path, seed: int, n_examples: int, 
         beta=cfg.beta,
         precompute_ref_log_probs=True,
         max_length=None,
-        logging_steps=max(1, int(steps // 20)),
     )
 
 

@@ -1,6 +1,11 @@
 """What SFT and DPO share: the policy as a trainable model, the trainer's arguments, resume points, the
 training run itself (`fit`: resumed, its forwarded sequences counted, the next model saved) and its result.
 
+A resumed training reports what the uninterrupted one would: every optimizer step's loss is logged
+(`logging_steps=1`) and kept in the checkpoint's trainer state, so the mean loss is taken over the whole run's
+history (the Trainer's own `training_loss` averages the resumed session's steps only), and the count of
+forwarded sequences is saved beside each checkpoint and continued from there.
+
 Both train in the loop's process, or in every process of `accelerate launch` (`cream.training.launch`).
 """
 
@@ -19,6 +24,7 @@ from cream.config import ModelConfig
 from cream.config.training import TrainingConfig
 from cream.engine.models import load_base_model, require_safetensors
 from cream.errors import StageError
+from cream.runs.artifacts import write_json
 from cream.runs.model_ref import ModelRef
 
 
@@ -39,6 +45,7 @@ def shared_arguments(cfg: TrainingConfig, output_dir: Path, seed: int, save_step
         save_strategy="steps",  # resume points: an interrupted training continues from its last checkpoint
         save_steps=save_steps,
         save_total_limit=1,
+        logging_steps=1,  # each step's loss in the history a checkpoint keeps: a resumed run's mean is the whole run's
         report_to=[],
         seed=seed,
         use_cpu=torch.device(device).type == "cpu",  # the key `device`, resolved
@@ -93,11 +100,15 @@ def save_policy(trainer, out_dir: Path, tokenizer=None) -> None:
     accelerator.wait_for_everyone()
 
 
+COUNTS = "cream_counts.json"  # beside a checkpoint's own files, written after them: what `fit` counted so far
+
+
 def last_complete_checkpoint(folder: Path) -> Optional[Path]:
-    """The newest checkpoint whose trainer state (written last by the Trainer) is whole; a kill can cut the newest."""
+    """The newest checkpoint whose trainer state and counts (written last) are whole; a kill can cut the newest."""
     for checkpoint in sorted(folder.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]), reverse=True):
         try:
             json.loads((checkpoint / "trainer_state.json").read_text())
+            json.loads((checkpoint / COUNTS).read_text())
             return checkpoint
         except (OSError, ValueError):
             continue
@@ -109,12 +120,13 @@ class Trained:
     """What a training run gives back: the next model, saved, and what its stage reports of the run."""
 
     model: ModelRef
-    loss: float  # the mean training loss over the run
+    loss: float  # the mean training loss over the run's steps, those before a resume included
     steps: int  # optimizer steps
     # Counted, not inferred: every sequence through the backbone (DPO with the reward stage's reference
     # log-probs: 2 per pair and epoch, 1 per response; a reference pass would double it).
     forward_sequences: int
-    last_log: dict  # the last logged training step (TRL's log history); {} when none was logged
+    # the logged values averaged over the last 5% of the steps (at least one): TRL's metrics at the end of training
+    last_log: dict
     processes: int  # training processes: the global batch is batch_size x grad_accum x processes
 
 
@@ -133,22 +145,40 @@ def fit(trainer, stage_dir: Path, policy: ModelRef, output_name: str) -> Trained
     """Train from the newest complete checkpoint (or from the start), save the next model into
     `<stage_dir>/adapter` (a LoRA adapter over `policy`'s base) or `<stage_dir>/model` (full weights and the
     tokenizer), then drop the checkpoints, useless once the model is saved."""
-    forwarded = [0]
+    from transformers import TrainerCallback
+
+    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+    forwarded = [json.loads((checkpoint / COUNTS).read_text())["forward_sequences"] if checkpoint else 0]
     backbone = trainer.accelerator.unwrap_model(trainer.model)
     backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
     hook = backbone.model.register_forward_pre_hook(
         lambda _, args, kwargs: forwarded.__setitem__(0, forwarded[0] + len((args or [kwargs["input_ids"]])[0])),
         with_kwargs=True)
-    checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
+
+    class SaveCounts(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COUNTS,
+                           {"forward_sequences": forwarded[0]})
+
+    trainer.add_callback(SaveCounts())
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     hook.remove()
-    _check_finite(trainer, result.training_loss, Path(stage_dir).name)
+    history = [h for h in trainer.state.log_history if "loss" in h]  # one per step, those before a resume included
+    loss = sum(h["loss"] for h in history) / len(history) if history else float(result.training_loss)
+    _check_finite(trainer, loss, Path(stage_dir).name)
     adapter = hasattr(trainer.model, "peft_config")
     out_dir = Path(stage_dir) / ("adapter" if adapter else "model")
     save_policy(trainer, out_dir, tokenizer=None if adapter else trainer.processing_class)
     if trainer.accelerator.is_main_process:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
-    history = [h for h in trainer.state.log_history if "loss" in h]
     model = ModelRef(output_name, policy.base, str(out_dir)) if adapter else ModelRef(output_name, str(out_dir))
-    return Trained(model, float(result.training_loss), int(trainer.state.global_step), forwarded[0],
-                   history[-1] if history else {}, trainer.accelerator.num_processes)
+    return Trained(model, loss, int(trainer.state.global_step), forwarded[0], final_window(history),
+                   trainer.accelerator.num_processes)
+
+
+def final_window(history: list[dict]) -> dict:
+    """Each numeric value of the per-step logs averaged over the last 5% of the steps (at least one)."""
+    window = history[-max(1, len(history) // 20):]
+    keys = [k for k, v in (window[-1] if window else {}).items() if isinstance(v, (int, float))]
+    return {k: sum(h[k] for h in window if k in h) / sum(k in h for h in window) for k in keys}

@@ -32,7 +32,6 @@ def build_trainer(cfg: SFTConfig, model_cfg: ModelConfig, m0: ModelRef, examples
                            max(1, len(examples) // (cfg.batch_size * cfg.grad_accum) // 4), device),
         max_length=cfg.max_length,
         completion_only_loss=True,
-        logging_steps=5,
     )
     model, peft_config = load_trainable(m0, model_cfg, cfg)
     dataset = Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]} for e in examples])
