@@ -1,8 +1,9 @@
 """The runs analysis.compare reads, grouped into methods: run folders (through `cream.runs.reader`) and W&B CSV exports.
 
 A run's method is its `experiment_name` (else its folder's parent name); runs of one method that differ in a
-setting other than the seed (a sweep under one experiment) get that setting appended to the method name, so
-only seeds are ever averaged.
+setting other than the seed (a sweep under one experiment), or in their data (run.json's data identity: other
+prompts, shards or evaluation files), get that setting appended to the method name, so only seeds are ever
+averaged; two runs of one method with the same seed are refused, naming both (they would count as two seeds).
 """
 
 from __future__ import annotations
@@ -60,8 +61,10 @@ def load_run(run_dir: Path) -> Run:
     folder = RunReader(run_dir)
     where = str(folder.metrics_path)
     records = [(where, r) for r in folder.metrics()]  # the reader names file:line when a line is malformed
+    # the data identity sits beside the settings: runs on other data are told apart like other settings
+    identity = flatten({"data_identity": folder.manifest.get("data", {})})
     return from_records(folder.config.get("experiment_name") or folder.dir.parent.name, str(run_dir),
-                        flatten(folder.config), records, folder)
+                        {**flatten(folder.config), **identity}, records, folder)
 
 
 def load_export(path: Path) -> list[Run]:
@@ -107,6 +110,18 @@ def _split_variants(runs: list[Run]) -> None:
                 run.label += " [" + ", ".join(f"{k}={run.config[k]}" for k in differing) + "]"
 
 
+def _refuse_repeated_seeds(by_label: dict[str, list[Run]]) -> None:
+    for label, group in by_label.items():
+        seen: dict[object, Run] = {}
+        for run in group:
+            seed = run.config.get("seed")
+            if seed is not None and seed in seen:
+                raise DataError(f"{seen[seed].source} and {run.source}: two runs of {label} with seed {seed} and the "
+                                f"same settings and data would count as two seeds; compare one of them (or rerun one "
+                                f"with another seed)")
+            seen[seed] = run
+
+
 def _collect(runs: list[Run], table: str) -> dict[int, dict[str, list[float]]]:
     """x -> metric -> the finite values of the runs that logged it."""
     out: dict[int, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -125,6 +140,7 @@ def group_methods(runs: list[Run]) -> tuple[dict[str, list[Run]], dict]:
     by_label: dict[str, list[Run]] = defaultdict(list)
     for run in runs:
         by_label[run.label].append(run)
+    _refuse_repeated_seeds(by_label)
     methods = {label: {"runs": [r.source for r in group], "models": _collect(group, "models"),
                        "iterations": _collect(group, "iterations")}
                for label, group in sorted(by_label.items())}

@@ -250,3 +250,22 @@ def test_tied_methods_are_drawn_apart_on_one_shared_range(seeded, tmp_path):
         assert ys["b"] == ys["c"] == [30.0, 35.0]  # tied ...
         assert all(xb != xc for xb, xc in zip(xs["b"], xs["c"]))  # ... yet side by side
         assert len({line.get_marker() for line in lines.values() if line.get_label() in methods}) == 3
+
+
+def test_runs_on_other_data_are_not_seeds_and_a_repeated_seed_is_refused(tmp_path):
+    """Issue 21 case 4: two seed-0 runs of one preset on different data read as one method with 2 seeds."""
+    from cream.errors import DataError
+
+    root = tmp_path / "runs"
+    for name, prompts in (("shards_a", "digest-a"), ("shards_b", "digest-b")):
+        folder = _hand_run(root, "a", 0, [30.0, 40.0]).rename(root / "a" / name)
+        manifest = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**manifest, "data": {"prompts": prompts}}))
+    methods = _methods(root)
+    assert sorted(methods) == ["a [data_identity.prompts=digest-a]", "a [data_identity.prompts=digest-b]"]
+    assert all(len(m["runs"]) == 1 for m in methods.values())
+    same = tmp_path / "same"
+    _hand_run(same, "a", 0, [30.0, 40.0]).rename(same / "a" / "first")
+    _hand_run(same, "a", 0, [30.0, 41.0])
+    with pytest.raises(DataError, match="two runs of a with seed 0"):
+        _methods(same)
