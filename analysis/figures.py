@@ -1,4 +1,5 @@
-"""The figures of analysis.compare: benchmarks.png, consistency.png, reward_accuracy.png, pairs.png, training.png.
+"""The figures of analysis.compare: benchmarks.png, consistency.png, reward_accuracy.png, pairs.png, training.png,
+length.png.
 
 Each method at its own x offset and marker (tied methods stay visible), its mean over the seeds with ±1 standard
 error (`eval/<task>_stderr`, mean over seeds) and ±1 sd over the seeds, each seed a dot; benchmark panels share
@@ -15,7 +16,11 @@ from typing import Iterable, Optional
 from analysis.load import benchmark_panels
 from analysis.stats import Point, points
 
-FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs", "training")
+FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs", "training", "length")
+# the reward's length bias, per iteration (`cream.rewards.diagnostics.length_bias`); each panel on its own scale
+LENGTH_PANELS = [("length/chosen_mean", "chosen response, mean tokens"), ("length/rejected_mean", "rejected response, mean tokens"),
+                 ("length/chosen_longer_share", "share of pairs: chosen is longer"),
+                 ("length/reward_spearman", "rank correlation of reward and length")]
 # What the loss sees of the pairs, per iteration: the plug-ins' labels, weights and filters (0 to 1 each)
 TRAINING_PANELS = [("pairs/mean_target", "mean label (C, p or both)"), ("pairs/mean_weight", "mean pair weight"),
                    ("scir/agreement_rate", "SCIR: rewards agreeing"), ("upo/kept_share", "UPO: pairs kept"),
@@ -50,9 +55,9 @@ def y_range(series: Iterable[Point], bounds: tuple[float, float], step: float) -
 
 
 def plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], methods: dict, table: str,
-         xlabel: str, tick: str, ylim: tuple[float, Optional[float]], percent_of: Optional[float] = None):
-    """One panel per (metric, title), all on the y-range `ylim` (top None: fitted to the data) plus a small
-    margin, in percent of `percent_of` when given. Each method at its own x offset and marker: its mean over
+         xlabel: str, tick: str, ylim: Optional[tuple[float, Optional[float]]], percent_of: Optional[float] = None):
+    """One panel per (metric, title), all on the y-range `ylim` (top None: fitted to the data; None: each panel
+    fitted to its own data) plus a small margin, in percent of `percent_of` when given. Each method at its own x offset and marker: its mean over
     the seeds, ±1 standard error (thin capped bar, where logged), ±1 sd over the seeds (wide pale bar) and
     each seed (dot). Returns the Figure, saved to `path`."""
     from matplotlib.figure import Figure  # a bare Figure renders with Agg and leaves pyplot's state alone
@@ -89,9 +94,10 @@ def plot(path: Path, title: str, ylabel: str, panels: list[tuple[str, str]], met
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_xticks(sorted(xs_all), [tick.format(x) for x in sorted(xs_all)])
-        low, high = ylim
-        margin = 0.03 * (high - low) if high is not None else 0.0  # a point on a bound stays whole
-        ax.set_ylim(low - margin, None if high is None else high + margin)
+        if ylim is not None:
+            low, high = ylim
+            margin = 0.03 * (high - low) if high is not None else 0.0  # a point on a bound stays whole
+            ax.set_ylim(low - margin, None if high is None else high + margin)
         if percent_of:
             ax.yaxis.set_major_formatter(PercentFormatter(percent_of, decimals=0))
         ax.grid(axis="y", alpha=0.3)
@@ -134,3 +140,5 @@ def draw(out_dir: Path, methods: dict) -> None:
               if any(key in values for c in methods.values() for values in c["iterations"].values())]
     plot(out_dir / "training.png", "What the loss sees", "mean per iteration", logged or TRAINING_PANELS[:1],
          methods, "iterations", *iteration_axis, ylim=(0, 1))
+    plot(out_dir / "length.png", "Does the reward prefer long responses?", "per iteration", LENGTH_PANELS,
+         methods, "iterations", *iteration_axis, ylim=None)

@@ -1,5 +1,6 @@
 """What analysis.compare draws and tabulates: each method's mean, spread and standard error per model or
-iteration, and paired bootstrap differences between methods (`cream.eval.stats.paired_bootstrap`)."""
+iteration, and differences between methods whose intervals hold the training seed's variance as well as the
+items' (`cream.eval.stats.seed_bootstrap`: seeds resampled, then items)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from statistics import mean, stdev
 from typing import Optional
 
 from analysis.load import STDERR, Run, benchmark_order, item_scores
-from cream.eval.stats import paired_bootstrap
+from cream.eval.stats import seed_bootstrap
 
 RESAMPLES, BOOTSTRAP_SEED = 10_000, 0
 
@@ -37,41 +38,56 @@ def points(collected: dict[int, dict[str, list[float]]], key: str, offset: float
     return out
 
 
-def _method_items(runs: list[Run], k: int) -> Optional[tuple[int, dict[str, dict[str, float]]]]:
-    """(runs, per-item scores of M_k averaged over them) over the method's runs (seeds) that evaluated M_k,
-    when each of them has its per-item scores and all were scored on the same items."""
-    reached = [run for run in runs if k in run.models]
+def _method_runs(runs: list[Run], k: int) -> Optional[list[tuple[object, dict[str, dict[str, float]]]]]:
+    """(seed, per-item scores of M_k) of each of the method's runs that evaluated M_k, in seed order, when every
+    one of them has its per-item scores and all were scored on the same items; else None."""
+    reached = sorted((run for run in runs if k in run.models), key=lambda run: str(run.config.get("seed")))
     found = [item_scores(run, k) for run in reached if run.folder is not None]
     if not found or any(f is None for f in found) or len(found) != len(reached):
         return None
     if any({t: set(f[t]) for t in f} != {t: set(found[0][t]) for t in found[0]} for f in found):
         return None
-    return len(found), {t: {i: mean(f[t][i] for f in found) for i in found[0][t]} for t in found[0]}
+    return [(run.config.get("seed"), f) for run, f in zip(reached, found)]
+
+
+def _pairing(runs_a: list[Run], runs_b: list[Run], seeds_a: list, seeds_b: list) -> bool:
+    """Whether run k of A pairs with run k of B: the same seeds, and each seed's runs on the same data."""
+    data = lambda runs: {str(r.config.get("seed")): {k: v for k, v in r.config.items() if k.startswith("data_identity.")}
+                         for r in runs}
+    return seeds_a == seeds_b and None not in seeds_a and data(runs_a) == data(runs_b)
 
 
 def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
-    """Markdown lines: for each pair of methods, the paired bootstrap difference of their last models per
-    benchmark and on the average, in points; a difference whose interval contains 0 is within the noise."""
+    """Markdown lines: for each pair of methods, the difference of their last models per benchmark and on the
+    average, in points, with a hierarchical bootstrap interval (training seeds, then items); a difference is
+    "higher" only when that interval excludes 0, else it is within the noise."""
     last = {}
     for label in methods:
         evaluated = sorted(methods[label]["models"])
-        found = _method_items(by_label[label], evaluated[-1]) if evaluated else None
+        found = _method_runs(by_label[label], evaluated[-1]) if evaluated else None
         if found:
-            last[label] = (evaluated[-1], *found)
+            last[label] = (evaluated[-1], found)
     lines = []
     labels = sorted(last)
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
-            (ka, na, ia), (kb, nb, ib) = last[a], last[b]
-            head = f"**{a} (M{ka}, {_count(na, 'seed')}) vs {b} (M{kb}, {_count(nb, 'seed')})**"
-            if {t: set(v) for t, v in ia.items()} != {t: set(v) for t, v in ib.items()}:
+            (ka, runs_a), (kb, runs_b) = last[a], last[b]
+            head = f"**{a} (M{ka}, {_count(len(runs_a), 'seed')}) vs {b} (M{kb}, {_count(len(runs_b), 'seed')})**"
+            items_a, items_b = runs_a[0][1], runs_b[0][1]
+            if {t: set(v) for t, v in items_a.items()} != {t: set(v) for t, v in items_b.items()}:
                 lines.append(f"- {head}: not evaluated on the same items, no paired difference")
                 continue
-            ids = {t: sorted(ia[t]) for t in ia}
-            diffs = paired_bootstrap({t: [ia[t][x] for x in ids[t]] for t in ids},
-                                     {t: [ib[t][x] for x in ids[t]] for t in ids}, RESAMPLES, BOOTSTRAP_SEED)
+            ids = {t: sorted(items_a[t]) for t in items_a}
+            paired = _pairing(by_label[a], by_label[b], [s for s, _ in runs_a], [s for s, _ in runs_b])
+            diffs = seed_bootstrap([{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_a],
+                                   [{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_b],
+                                   paired, RESAMPLES, BOOTSTRAP_SEED)
             items = sum(len(v) for v in ids.values())
-            lines.append(f"- {head}, {items} items:")
+            if len(runs_a) == len(runs_b) == 1:
+                how = "one seed each: the interval covers the item noise only"
+            else:
+                how = f"seeds then items resampled{', seeds paired' if paired else ''}"
+            lines.append(f"- {head}, {items} items ({how}):")
             lines += [f"  - {t}: {diffs[t].describe(a, b, scale=100.0)}" for t in [*benchmark_order(ids), "average"]]
     return lines
 

@@ -71,10 +71,12 @@ def summary(methods: dict, scores: str, spread: str, diffs: list[str], note: str
     `spread` (seeds_table), the paired differences `diffs` (analysis.stats.differences) and the figures."""
     runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
     figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
-    paired = ("## Differences on the same items\n\nPaired bootstrap over items (each benchmark's items "
-              f"resampled, {RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}), in points, of each method's last "
-              "model (item scores averaged over its seeds); an interval containing 0 is within the noise, "
-              "not a win.\n\n" + "\n".join(diffs) + "\n\n" if diffs else "")
+    paired = ("## Differences on the same items\n\nHierarchical bootstrap of each method's last model, in points "
+              f"({RESAMPLES:,} resamples, seed {BOOTSTRAP_SEED}): each resample draws the training seeds (the same "
+              "draws for both methods when their runs share seeds and data), then each benchmark's items (the "
+              "same items for both), so the interval holds the seed-to-seed spread as well as the items'; the "
+              "average is taken on the same draws. An interval containing 0 is within the noise, not a win; with "
+              "one seed per method it covers the item noise only.\n\n" + "\n".join(diffs) + "\n\n" if diffs else "")
     opening = f"{note}\n\n" if note else ""
     return (f"# Run comparison\n\n{opening}"
             f"Means over the runs (seeds) of each method, each score ± its standard error over the evaluated "

@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Optional
 
 from cream.config import DiagnoseConfig
 from cream.plugins.registry import REWARDERS, load_plugins
@@ -130,19 +131,21 @@ def diagnose_run(args: argparse.Namespace) -> tuple[Path, dict]:
 
 
 def summary(diagnosis: dict) -> str:
-    """One line per rewarder: AUC, chosen-correct and inverted with their intervals, and AUC on each side of the split of C."""
+    """One line per rewarder: AUC, the AUC with length controlled, chosen-correct and inverted with their intervals,
+    and AUC on each side of the split of C."""
 
-    def cell(e: dict) -> str:
-        return "  n/a" if e["value"] is None else f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
+    def cell(e: Optional[dict]) -> str:
+        return "  n/a" if e is None or e["value"] is None else f"{e['value']:.2f} [{e['low']:.2f}, {e['high']:.2f}]"
 
     c = diagnosis["consistency"]
     lines = [f"{diagnosis['model']} vs {diagnosis['previous']}: {diagnosis['prompts']} prompts x {diagnosis['n']} responses, "
              f"{diagnosis['confidence']:.0%} intervals; C split at {c['threshold']} ({c['measure']}, "
              f"{c['current']['rewarder']} of {c['current']['model']} vs {c['previous']['rewarder']} of {c['previous']['model']})",
-             f"{'rewarder':>10}  {'AUC':>18}  {'chosen correct':>18}  {'inverted':>18}  {'AUC C high':>18}  "
+             f"{'rewarder':>10}  {'AUC':>18}  {'AUC length ctrl':>18}  {'chosen correct':>18}  {'inverted':>18}  {'AUC C high':>18}  "
              f"{'AUC C low':>18}  {'seconds':>7}  {'cpu s':>7}"]
     for name, r in diagnosis["rewarders"].items():
-        lines.append(f"{name:>10}  {cell(r['all']['auc']):>18}  {cell(r['all']['chosen_correct']):>18}  "
+        lines.append(f"{name:>10}  {cell(r['all']['auc']):>18}  {cell(r['all'].get('auc_length_controlled')):>18}  "
+                     f"{cell(r['all']['chosen_correct']):>18}  "
                      f"{cell(r['all']['inverted']):>18}  {cell(r['c_high']['auc']):>18}  "
                      f"{cell(r['c_low']['auc']):>18}  {r['seconds']:7.1f}  {r['cpu_seconds']:7.1f}")
     first = next(iter(diagnosis["rewarders"].values()))

@@ -9,7 +9,6 @@ import pytest
 from cream.config import Config, DataConfig, DiagnoseConfig, JudgeConfig, ModelConfig, SamplingConfig
 from cream.config.engine import ModelSource
 from cream.config.rewards import AgreementMeasure
-from cream.config.plugins import RewarderName
 from cream.rewards.consistency import prompt_consistency
 from cream.data.load import load_prompts
 from cream.diagnose import main
@@ -49,7 +48,7 @@ def same(a, b):
     (PromptOutcome([1.0, 1.0], [True, False], None), [0.5, 1, 0, 0, 0, 1, 1]),
 ])
 def test_prompt_counts(outcome, counts):
-    assert prompt_counts(outcome) == counts
+    assert prompt_counts(outcome) == [*counts, 0, 0, 0, 0]  # no lengths given: no length-controlled comparison
 
 
 @pytest.mark.parametrize("consistency, threshold, above, below", [
@@ -115,7 +114,7 @@ def test_intervals_resample_prompts():
 def test_seeded():
     a = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=200, seed=3, level=0.95)
     b = diagnose_rewarder([o for o, _ in TABLE], [c for _, c in TABLE], resamples=200, seed=3, level=0.95)
-    assert a["all"] == b["all"] and a["high_minus_low"] == b["high_minus_low"]
+    assert repr(a["all"]) == repr(b["all"]) and repr(a["high_minus_low"]) == repr(b["high_minus_low"])  # NaN too
 
 
 def test_an_empty_split_and_undefined_rates_are_nan():
@@ -160,15 +159,17 @@ def test_reward_accuracy_and_the_diagnosis_agree():
 def test_bad_diagnose_values_name_the_key(override, key):
     from hydra.errors import ConfigCompositionException
 
+    from cream.plugins.registry import check_config
+
     with pytest.raises((ConfigError, ConfigCompositionException), match=key.replace(".", r"\.")):
-        _load([override])
+        check_config(_load([override]))  # a rewarder's name is checked against the registry at start-up
 
 
 def test_diagnose_defaults():
     cfg = _load([])
     assert not cfg.diagnose.enabled and (cfg.diagnose.prompts, cfg.diagnose.n) == (256, 4)
-    assert cfg.diagnose.rewarders == [RewarderName.implicit, RewarderName.likelihood, RewarderName.judge,
-                                      RewarderName.oracle]
+    assert cfg.diagnose.rewarders == ["implicit", "likelihood", "judge",
+                                      "oracle"]
 
 
 def test_held_out_prompts_follow_the_training_shards():
@@ -225,7 +226,7 @@ def test_the_stage_reports_what_its_responses_are(tiny_model_dir, tmp_path):
     ctx.prompts = prompts
     stage_dir = tmp_path / "diagnose"
     every_rewarder = ctx.cfg.diagnose.rewarders
-    ctx.cfg.diagnose.rewarders = [RewarderName.oracle]  # the first run only samples the chunks to plant into
+    ctx.cfg.diagnose.rewarders = ["oracle"]  # the first run only samples the chunks to plant into
     diagnose.run(ctx, stage_dir)
     ctx.cfg.diagnose.rewarders = every_rewarder
     held = prompts[2:6]  # after the run's one shard of 2
@@ -338,3 +339,43 @@ def test_the_loop_and_the_command_line_diagnose_the_same(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--run", str(run_dir), "--judge", "nope"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("prompts, pairs, expected", [
+    # a reward that is exactly the length: correlation 1, every chosen response the longer one
+    ([([3.0, 5.0, 9.0], [3, 5, 9]), ([2.0, 7.0], [2, 7])], [(9, 3), (7, 2)],
+     {"length/chosen_mean": 8.0, "length/rejected_mean": 2.5, "length/chosen_longer_share": 1.0,
+      "length/equal_share": 0.0, "length/reward_spearman": 1.0}),
+    # the reward prefers short: ranks of reward 1,2,3,4 against lengths 4,3,2,1 -> -1
+    ([([1.0, 2.0], [40, 30]), ([3.0, 4.0], [20, 10])], [(30, 40), (10, 20)],
+     {"length/chosen_mean": 20.0, "length/rejected_mean": 30.0, "length/chosen_longer_share": 0.0,
+      "length/equal_share": 0.0, "length/reward_spearman": -1.0}),
+    # unscored responses take no part; by hand: pooled (reward, length) = (1, 5), (2, 5), (3, 1):
+    # reward ranks 1, 2, 3; length ranks 2.5, 2.5, 1 -> centred (-1, 0, 1) and (0.5, 0.5, -1):
+    # r = -1.5 / sqrt(2 x 1.5) = -sqrt(3) / 2
+    ([([1.0, None, 2.0], [5, 9, 5]), ([3.0], [1])], [(5, 5)],
+     {"length/chosen_mean": 5.0, "length/rejected_mean": 5.0, "length/chosen_longer_share": 0.0,
+      "length/equal_share": 1.0, "length/reward_spearman": -(3 ** 0.5) / 2}),
+])
+def test_length_bias_by_hand(prompts, pairs, expected):
+    from cream.rewards.diagnostics import length_bias
+
+    measured = length_bias(prompts, pairs, resamples=200, seed=0)
+    assert {k: measured[k] for k in expected} == pytest.approx(expected)
+    assert -1 <= measured["length/reward_spearman_low"] <= measured["length/reward_spearman_high"] <= 1
+
+
+def test_the_length_controlled_auc_by_hand():
+    """Two correct (c) and two wrong (w) responses; the reward is the length. Comparisons (correct vs wrong):
+    c1 (len 9) vs w1 (len 3): longer, won; c1 vs w2 (len 12): shorter, lost; c2 (len 5) vs w1: longer, won;
+    c2 vs w2: shorter, lost. AUC 2/4 = 0.5; correct-longer 2/2 = 1; correct-shorter 0/2 = 0; controlled (1 + 0)/2."""
+    from cream.rewards.diagnostics import PromptOutcome, diagnose_rewarder
+
+    lengths = [9, 5, 3, 12]
+    outcome = PromptOutcome([float(n) for n in lengths], [True, True, False, False], (3, 2), lengths)
+    result = diagnose_rewarder([outcome], [None], resamples=20, seed=0, level=0.95)["all"]
+    assert [result[r].value for r in ("auc", "auc_correct_longer", "auc_correct_shorter", "auc_length_controlled")] == \
+        [0.5, 1.0, 0.0, 0.5]
+    equal = PromptOutcome([1.0, 0.0], [True, False], (0, 1), [4, 4])  # same length: in neither side
+    result = diagnose_rewarder([equal], [None], resamples=20, seed=0, level=0.95)["all"]
+    assert result["auc"].value == 1.0 and math.isnan(result["auc_length_controlled"].value)

@@ -8,7 +8,6 @@ import torch
 from cream.config import ModelConfig, RewarderConfig, SamplingConfig
 from cream.config.engine import ModelSource
 from cream.config.rewards import AgreementMeasure
-from cream.config.plugins import RewarderName
 from cream.rewards.consistency import prompt_consistency
 from cream.errors import StageError
 from cream.engine.generation import chat_prompt_ids, cut_response
@@ -109,7 +108,7 @@ def test_nan_log_probs_stop_the_stage_naming_the_model(tiny_model_dir, tmp_path)
     prompts = [{"id": "a", "task": "gsm8k", "prompt": "What is 1+1?", "answer": "2"}]
     m0, m1 = ModelRef("m0", str(tiny_model_dir)), ModelRef("m1", str(tiny_model_dir))
     ctx = stage_context(tmp_path, [m0, m1], prompts, sampling=SamplingConfig(n=2, max_new_tokens=6, batch_size=2),
-                        rewarder=RewarderConfig(name=RewarderName.likelihood, batch_size=2))
+                        rewarder=RewarderConfig(name="likelihood", batch_size=2))
     ctx.outputs["sample"] = sample.run(ctx, tmp_path / "s").outputs
     with ctx.pool.use(m1) as model:
         with torch.no_grad():

@@ -32,7 +32,7 @@ def test_every_run_composes_validates_and_keeps_its_method(scale):
         assert cfg.run_name == run_name(scale, seed) and cfg.paths.runs == RUNS
         assert choices["eval"] == "harness_sized" and cfg.eval.tasks == TASKS and cfg.iterations == 2
     # the scale changes sizes, not the method: the rewarder and regularizer of each preset stay
-    methods = {m: (cfg.rewarder.name.value, cfg.regularizer.name.value) for (s, m), (cfg, _) in runs.items() if s == 0}
+    methods = {m: (cfg.rewarder.name, cfg.regularizer.name.value) for (s, m), (cfg, _) in runs.items() if s == 0}
     assert methods == {"srlm_smollm": ("judge", "none"), "cream_smollm": ("implicit", "cream_dyn"),
                        "oracle_smollm": ("oracle", "none")}
 

@@ -55,9 +55,14 @@ def reward_accuracy(
 
 # Every rate is a ratio of two sums over prompts, so resampling prompts resamples both together (the AUC
 # pools the comparisons of all prompts, as `reward_accuracy` does, rather than averaging per-prompt AUCs).
-COUNTS = ("wins", "comparisons", "pairs", "chosen_correct", "inverted", "any_correct", "prompts")
+COUNTS = ("wins", "comparisons", "pairs", "chosen_correct", "inverted", "any_correct", "prompts",
+          "wins_correct_longer", "comparisons_correct_longer", "wins_correct_shorter", "comparisons_correct_shorter")
 RATES = {
     "auc": ("wins", "comparisons"),  # a correct response outranks a wrong one of the same prompt
+    # the AUC on the comparisons where the correct response is the longer one, and where it is the shorter one: a
+    # reward that only prefers length is near 1 on the first and near 0 on the second
+    "auc_correct_longer": ("wins_correct_longer", "comparisons_correct_longer"),
+    "auc_correct_shorter": ("wins_correct_shorter", "comparisons_correct_shorter"),
     "chosen_correct": ("chosen_correct", "pairs"),  # the pair's chosen response is correct
     "inverted": ("inverted", "pairs"),  # chosen wrong and rejected correct: the pair teaches the wrong answer
     "any_correct": ("any_correct", "prompts"),  # some response is correct: there was a right answer to prefer
@@ -73,6 +78,7 @@ class PromptOutcome:
     rewards: Sequence[Optional[float]]
     correct: Sequence[bool]
     pair: Optional[tuple[int, int]]
+    lengths: Sequence[int] = ()  # each response's length in tokens (empty: unknown, no length-controlled AUC)
 
 
 @dataclass(frozen=True)
@@ -92,7 +98,15 @@ def prompt_counts(outcome: PromptOutcome) -> list[float]:
         chosen, rejected = outcome.pair
         chosen_ok = outcome.correct[chosen]
         inverted = outcome.correct[rejected] and not chosen_ok
-    return [wins, comparisons, outcome.pair is not None, chosen_ok, inverted, any(outcome.correct), 1]
+    by_length = [0.0, 0, 0.0, 0]  # wins and comparisons with the correct response longer, then shorter
+    for g, (rg, cg) in enumerate(zip(outcome.rewards, outcome.correct)):
+        for b, (rb, cb) in enumerate(zip(outcome.rewards, outcome.correct)):
+            if cg and not cb and rg is not None and rb is not None and len(outcome.lengths) and \
+                    outcome.lengths[g] != outcome.lengths[b]:
+                side = 0 if outcome.lengths[g] > outcome.lengths[b] else 2
+                by_length[side] += 1.0 if rg > rb else 0.5 if rg == rb else 0.0
+                by_length[side + 1] += 1
+    return [wins, comparisons, outcome.pair is not None, chosen_ok, inverted, any(outcome.correct), 1, *by_length]
 
 
 def consistency_split(consistency: Sequence[Optional[float]]) -> tuple[float, np.ndarray, np.ndarray]:
@@ -119,6 +133,8 @@ def _rates(sums: np.ndarray) -> dict[str, np.ndarray]:
     for name, (numerator, denominator) in RATES.items():
         top, bottom = sums[..., COUNTS.index(numerator)], sums[..., COUNTS.index(denominator)]
         out[name] = np.divide(top, bottom, out=np.full(np.shape(top), np.nan), where=bottom > 0)
+    # length controlled: the two sides weigh the same, whatever the share of correct responses that are longer
+    out["auc_length_controlled"] = (out["auc_correct_longer"] + out["auc_correct_shorter"]) / 2
     return out
 
 
@@ -156,11 +172,52 @@ def diagnose_rewarder(outcomes: Sequence[PromptOutcome], consistency: Sequence[O
         sums = dict(zip(COUNTS, counts[mask].sum(axis=0).astype(int).tolist()))
         result[group] = {
             "prompts": sums["prompts"], "pairs": sums["pairs"], "comparisons": sums["comparisons"],
-            **{rate: Estimate(float(observed[group][rate]), *_interval(drawn[group][rate], tail)) for rate in RATES},
+            **{rate: Estimate(float(observed[group][rate]), *_interval(drawn[group][rate], tail)) for rate in observed[group]},
         }
     result["high_minus_low"] = {
         rate: Difference(float(observed["c_high"][rate] - observed["c_low"][rate]),
                          *_interval(drawn["c_high"][rate] - drawn["c_low"][rate], tail), level)
-        for rate in RATES
+        for rate in observed["all"]
     }
     return result
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman's rank correlation (average ranks for ties); NaN when either side is constant."""
+    from scipy.stats import rankdata
+
+    rx, ry = rankdata(x), rankdata(y)
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def length_bias(prompts: Sequence[tuple[Sequence[Optional[float]], Sequence[int]]], pairs: Sequence[tuple[int, int]],
+                resamples: int = 1000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Does the reward prefer long responses? Self-rewarding and iterative DPO are known to drift longer.
+
+    `prompts`: per prompt, its responses' rewards (None: unscored) and lengths in tokens; `pairs`: the (chosen,
+    rejected) lengths of the pairs trained on. Gives the mean length of chosen and rejected responses, the share
+    of pairs whose chosen response is the longer one (and of equal lengths), and Spearman's rank correlation of
+    reward and length over every scored response, with a percentile interval from resampling the prompts."""
+    scored = [(np.array([r for r in rewards if r is not None], dtype=float),
+               np.array([n for r, n in zip(rewards, lengths) if r is not None], dtype=float)) for rewards, lengths in prompts]
+    scored = [(r, n) for r, n in scored if r.size]
+    out = {"length/chosen_mean": float(np.mean([c for c, _ in pairs])) if pairs else float("nan"),
+           "length/rejected_mean": float(np.mean([r for _, r in pairs])) if pairs else float("nan"),
+           "length/chosen_longer_share": _share([c > r for c, r in pairs]) if pairs else float("nan"),
+           "length/equal_share": _share([c == r for c, r in pairs]) if pairs else float("nan")}
+    if not scored:
+        return {**out, "length/reward_spearman": float("nan"), "length/reward_spearman_low": float("nan"),
+                "length/reward_spearman_high": float("nan")}
+    rho = _spearman(np.concatenate([r for r, _ in scored]), np.concatenate([n for _, n in scored]))
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        picked = [scored[i] for i in rng.integers(0, len(scored), len(scored))]
+        draws.append(_spearman(np.concatenate([r for r, _ in picked]), np.concatenate([n for _, n in picked])))
+    draws = np.array([d for d in draws if np.isfinite(d)])
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(draws, [tail, 100 - tail]) if draws.size else (float("nan"), float("nan"))
+    return {**out, "length/reward_spearman": rho, "length/reward_spearman_low": float(low),
+            "length/reward_spearman_high": float(high)}

@@ -140,7 +140,8 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
         rewards, stats = scores_of(spec)
         choices = [choose_pair(r, x, PairStats()) for r, x in zip(rewards, texts)]
         pairs = [None if c is None else (c.chosen, c.rejected) for c in choices]
-        result = diagnose_rewarder([PromptOutcome(r, c, p) for r, c, p in zip(rewards, correct, pairs)], consistency,
+        lengths = [[len(resp.ids) for resp in row.responses] for row in rows]
+        result = diagnose_rewarder([PromptOutcome(r, c, p, n) for r, c, p, n in zip(rewards, correct, pairs, lengths)], consistency,
                                    settings.bootstrap, cfg.seed, settings.confidence)
         diagnosis["rewarders"][name] = {"scored_as": _spec_json(spec), "seconds": clock.wall[name],
                                               "cpu_seconds": clock.cpu[name], "stats": stats, **_plain(result)}
@@ -162,7 +163,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     for name, result in diagnosis["rewarders"].items():
         for group in GROUPS:
             suffix = "" if group == "all" else f"_{group}"
-            for rate in ("auc", "chosen_correct", "inverted"):
+            for rate in ("auc", "auc_length_controlled", "chosen_correct", "inverted"):
                 metrics[f"diagnose/{name}/{rate}{suffix}"] = result[group][rate]["value"]
     return StageResult(metrics, {"diagnosis": stage_dir / DIAGNOSIS, "figure": stage_dir / FIGURE,
                                  "scores": stage_dir / SCORES, "responses": stage_dir / RESPONSES})

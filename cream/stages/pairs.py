@@ -16,7 +16,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from cream.rewards.diagnostics import reward_accuracy
+from cream.rewards.diagnostics import length_bias, reward_accuracy
 from cream.errors import StageError
 from cream.training.losses import soft_label
 from cream.config import Config
@@ -98,8 +98,10 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     accuracy = reward_accuracy([(p.chosen_correct, p.rejected_correct) for p in pairs],
                                [(row.rewards, row.correct) for row in reward_rows])
     margins = [p.chosen_reward - p.rejected_reward for p in pairs]
+    bias = length_bias([(row.rewards, row.n_tokens) for row in reward_rows],
+                       [(len(p.chosen_ids), len(p.rejected_ids)) for p in pairs], seed=ctx.sampling_seed)
     metrics.update({
-        **accuracy, "pairs/kept": len(pairs), "pairs/mean_reward_margin": sum(margins) / len(margins),
+        **accuracy, **bias, "pairs/kept": len(pairs), "pairs/mean_reward_margin": sum(margins) / len(margins),
         "pairs/mean_consistency": sum(p.consistency for p in pairs) / len(pairs),
         "pairs/mean_target": sum(p.target for p in pairs) / len(pairs),
         "pairs/mean_weight": sum(p.weight for p in pairs) / len(pairs),
