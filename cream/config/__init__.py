@@ -29,7 +29,7 @@ from cream.config.rewards import DiagnoseConfig, JudgeConfig, PairsConfig, Regul
 from cream.config.runs import LoggerConfig, PathsConfig, ResumeMode, check_run_name
 from cream.config.training import DPOConfig, SFTConfig
 from cream.errors import ConfigError, require
-from cream.config.plugins import BstarConfig, ScirConfig, SelfReferenceConfig, SppoConfig, UpoConfig
+from cream.config.plugins import ScirConfig, UpoConfig
 
 DEVICES = ("auto", "cpu", "cuda")  # the values of the config key `device`
 
@@ -55,9 +55,6 @@ class Config:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     scir: ScirConfig = field(default_factory=ScirConfig)
     upo: UpoConfig = field(default_factory=UpoConfig)
-    bstar: BstarConfig = field(default_factory=BstarConfig)
-    sppo: SppoConfig = field(default_factory=SppoConfig)
-    self_reference: SelfReferenceConfig = field(default_factory=SelfReferenceConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     data: DataConfig = field(default_factory=DataConfig)

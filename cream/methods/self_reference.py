@@ -23,16 +23,39 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Optional
 
-from cream.config.plugins import SelfReferenceConfig
-from cream.errors import ConfigError, StageError
+from cream.config.prompts import SELF_REFERENCE_TEMPLATE
+from cream.errors import ConfigError, StageError, require
 from cream.engine.generation import chat_prompt_ids, generate
 from cream.engine.models import load_tokenizer
 from cream.plugins.contracts import Scores
-from cream.plugins.registry import REWARDERS
+from cream.plugins.registry import REWARDERS, SETTINGS
 from cream.engine.scoring import sequence_logprobs
+
+
+@dataclass
+class SelfReferenceConfig:
+    """The self-reference judge (`rewarder=self_reference`): the model answers each prompt greedily, then gives a
+    verdict on each pair of responses against that answer, in both orders."""
+
+    template: str = SELF_REFERENCE_TEMPLATE  # fills {prompt}, {reference}, {response_a}, {response_b}
+    reply_prefix: str = "Better response:"  # the verdict is the next token after this prefill
+    verdicts: list[str] = field(default_factory=lambda: [" A", " B"])  # one token each: "A wins", "B wins"
+    answer_tokens: int = 128  # the greedy reference answer's token budget
+    # a verdict counts (parses) when its two tokens hold at least this share of the next-token probability
+    min_mass: float = 0.5
+    batch_size: int = 8  # judge prompts per scoring forward
+
+    def __post_init__(self) -> None:
+        for placeholder in ("{prompt}", "{reference}", "{response_a}", "{response_b}"):
+            require(placeholder in self.template, "self_reference.template", f"must contain {placeholder}")
+        require(len(self.verdicts) == 2 and self.verdicts[0] != self.verdicts[1], "self_reference.verdicts",
+                f"must be two different strings (A wins, B wins), got {self.verdicts}")
+        require(self.answer_tokens > 0, "self_reference.answer_tokens", f"must be > 0, got {self.answer_tokens}")
+        require(0 <= self.min_mass <= 1, "self_reference.min_mass", f"must be in [0, 1], got {self.min_mass}")
+        require(self.batch_size > 0, "self_reference.batch_size", f"must be > 0, got {self.batch_size}")
 
 PLACEHOLDER = re.compile(r"\{(prompt|reference|response_a|response_b)\}")
 
@@ -169,3 +192,4 @@ class SelfReferenceRewarder:
 
 
 REWARDERS.register("self_reference", SelfReferenceRewarder())
+SETTINGS.register("self_reference", SelfReferenceConfig)
