@@ -84,14 +84,5 @@ def preference_probability(gap: float, tau: Optional[float]) -> float:
     return 1 / (1 + math.exp(-gap / tau)) if gap >= 0 else math.exp(gap / tau) / (1 + math.exp(gap / tau))
 
 
-def win_rates(rewards: Sequence[Optional[float]], tau: Optional[float]) -> list[Optional[float]]:
-    """Each scored response's mean preference probability against every other scored response of its prompt
-    (SPPO's P(y_i > pi_t)); None for an unscored response or when it has no other to meet."""
-    scored = [i for i, r in enumerate(rewards) if r is not None]
-    return [None if r is None or len(scored) < 2 else
-            sum(preference_probability(r - rewards[j], tau) for j in scored if j != i) / (len(scored) - 1)
-            for i, r in enumerate(rewards)]
-
-
 for _name, _strategy in (("best_worst", best_worst), ("ranked", ranked), ("adjacent", adjacent)):
     PAIRINGS.register(_name, _strategy)
