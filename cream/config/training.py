@@ -99,7 +99,8 @@ class TrainingConfig:
 class DPOConfig(TrainingConfig):
     beta: float = 0.1
     # A registered loss (cream.plugins.registry.LOSSES): cream (the soft-label DPO loss; plain DPO at label 1), sppo
-    # (SPPO's square loss on every scored response, eta = 1 / beta), sppo_hard (TRL's pairwise SPPO)
+    # (SPPO's square loss on single responses and their win rates, eta = 1 / beta: cream/methods/sppo.py), sppo_hard
+    # (TRL's pairwise SPPO)
     loss: str = "cream"
 
     _group = "dpo"

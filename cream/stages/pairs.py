@@ -1,6 +1,7 @@
 """Pairs: per prompt, the preference pairs of `pairs.strategy` over M_t's rewards, each with its strength,
 label and weight, through the filters of `pairs.filters` -> `pairs.jsonl` (`Pair`s); and, when the loss
-trains on every response (`dpo.loss=sppo`), `scored_responses.jsonl` (`ScoredResponse`s).
+trains on single responses (layout `responses`, e.g. `dpo.loss=sppo`), `scored_responses.jsonl`
+(`ScoredResponse`s) with the targets the loss's `response_targets` gives.
 
 What the loss sees of a pair is set here: its label `target` = C*p + (1-C)*(1-p) (`cream.training.losses.soft_label`:
 the consistency C of the consistency stage, the strength p = preference_probability(reward_scale x reward gap,
