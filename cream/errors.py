@@ -26,7 +26,7 @@ class StageError(CreamError):
 
 
 def require(condition: bool, key: str, message: str) -> None:
-    """The config schema's range checks (`cream.config`, `cream.config.plugins`): an error naming the key."""
+    """The config schema's range checks (`cream.config` and the methods' settings dataclasses): an error naming the key."""
     if not condition:
         raise ConfigError(f"config key `{key}`: {message}")
 

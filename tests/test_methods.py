@@ -15,7 +15,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 
 from cream import preflight
-from cream.config import Config, DPOConfig, LoggerConfig, PairsConfig, ScirConfig, load_config
+from cream.config import DPOConfig, LoggerConfig, PairsConfig, load_config
+from cream.methods.scir import ScirConfig
+from cream.plugins.registry import config_class
 from cream.config.runs import LoggerMode
 from cream.errors import ConfigError
 from cream.training.losses import CREAM, cream_loss, soft_label

@@ -11,11 +11,9 @@ from hydra.errors import ConfigCompositionException
 from cream import preflight
 from cream.config import ModelConfig
 from cream.config.engine import ModelSource
-from cream.config.plugins import DropoutSite
+from cream.methods.upo import DropoutSite
 from cream.errors import ConfigError
-from cream.methods.bstar import balance_score, best_setting, mean_balance, standardized
 from cream.methods.self_reference import Verdict, judge_text, pair_preference, response_scores, verdict
-from cream.methods.upo import certainty_weight, dropout_active, mc_preference, most_certain
 from cream.plugins.registry import ADAPTIVE_SAMPLERS, FILTERS, REWARDERS
 from tests.conftest import FIXTURE_DATA
 from tests.test_methods import _jsonl, _key, _load, _loss_inputs, _metrics, _stage, run_methods
@@ -68,82 +66,10 @@ def test_judge_text_fills_every_placeholder_once_and_keeps_braces():
     assert text == "Q x{y} R {response_a} A a B b"
 
 
-# ---- UPO -----------------------------------------------------------------------------------------------------
+# ---- UPO: tests/test_upo.py -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("margins, beta, mean, variance", [
-    ([0.0, 0.0], 0.1, 0.5, 0.0),
-    ([10.0, -10.0], 0.1, 0.5, 0.053388066758518156),  # sigmoid(+-1): (0.2310585786)^2
-    ([5.0, 10.0, 15.0], 0.1, 0.7236974620085009, 0.006372079653152168),  # sigmoid(0.5), sigmoid(1), sigmoid(1.5)
-    ([10.0, 10.0, 10.0], 0.1, S1, 0.0),
-])
-def test_mc_preference_by_hand(margins, beta, mean, variance):
-    c = mc_preference(margins, beta)
-    assert c.mean == pytest.approx(mean) and c.variance == pytest.approx(variance, abs=1e-15)
-
-
-@pytest.mark.parametrize("variances, keep, flags", [
-    ([0.3, 0.1, 0.2, 0.1], 0.5, [False, True, False, True]),
-    ([0.3, 0.1, 0.2, 0.1], 0.25, [False, True, False, False]),  # equal variances: the earlier pair
-    ([0.0] * 10, 0.3, [True] * 3 + [False] * 7),  # 0.3 * 10 keeps 3, not 4
-    ([0.2, 0.1, 0.3], 0.1, [False, True, False]),  # at least one: ceil(0.3)
-    ([0.2, 0.1, 0.3], 1.0, [True, True, True]),
-])
-def test_most_certain_keeps_the_lowest_variances(variances, keep, flags):
-    assert most_certain(variances, keep) == flags
-
-
-@pytest.mark.parametrize("variance, weight", [(0.0, 1.0), (0.25, 0.0), (0.053388066758518156, 0.7864477329659274)])
-def test_certainty_weight_by_hand(variance, weight):
-    assert certainty_weight(variance) == pytest.approx(weight)
-
-
-def test_dropout_makes_the_passes_differ_and_is_undone(tiny_model_dir):
-    from cream.engine.models import load_base_model, load_tokenizer
-    from cream.engine.scoring import sequence_logprobs
-
-    model = load_base_model(str(tiny_model_dir), ModelConfig(name="tiny", source=ModelSource.tiny)).eval()
-    pad = load_tokenizer(str(tiny_model_dir)).pad_token_id
-    sequences = [([1, 2, 3, 4], [5, 6, 7]), ([1, 2, 3, 4], [8, 9])]
-    before = sequence_logprobs(model, sequences, 8, pad, desc="before")
-    with dropout_active(model, DropoutSite.attention, 0.5):
-        torch.manual_seed(0)
-        passes = [sequence_logprobs(model, sequences, 8, pad, desc="pass") for _ in range(2)]
-        assert model.training
-    assert passes[0] != passes[1] and passes[0] != before
-    assert not model.training and sequence_logprobs(model, sequences, 8, pad, desc="after") == before
-    with pytest.raises(ConfigError, match=r"`upo\.site`: lora, but the model has no LoRA adapter"):
-        with dropout_active(model, DropoutSite.lora, 0.5):
-            pass
-
-
-# ---- B-STaR ----------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("scores, z", [
-    ([[1.0, 3.0], [None, 2.0]], [[-1.224744871391589, 1.224744871391589], [None, 0.0]]),  # mean 2, std sqrt(2/3)
-    ([[2.0, 2.0], [2.0]], [[0.0, 0.0], [0.0]]),  # no spread: all at the mean
-])
-def test_standardized_by_hand(scores, z):
-    assert standardized(scores) == [pytest.approx(row) for row in z]
-
-
-@pytest.mark.parametrize("z, correct, texts, threshold, n_star, score", [
-    ([1.0, 0.5, -1.0, None], [True, True, False, True], "abcd", 0.0, 4, 0.5),  # n=2, n'=2: min(2/4, 1) * 2/2
-    ([1.0, 0.5, -1.0, None], [True, True, False, True], "abcd", -2.0, 4, 2 / 4 * 2 / 3),  # the wrong one selected too
-    ([1.0, 0.5, -1.0, None], [True, True, False, True], "aacd", 0.0, 4, 1 / 4 * 1 / 2),  # a duplicate counts once
-    ([1.0, 0.5, -1.0, None], [True, True, False, True], "abcd", 0.0, 1, 1.0),  # n* reached
-    ([1.0, 0.5, -1.0, None], [True, True, False, True], "abcd", 2.0, 4, 0.0),  # nothing selected
-    ([1.0, 0.5], [False, False], "ab", 0.0, 4, 0.0),  # nothing correct
-])
-def test_balance_score_by_hand(z, correct, texts, threshold, n_star, score):
-    assert balance_score(z, correct, list(texts), threshold, n_star) == pytest.approx(score)
-
-
-def test_mean_balance_and_the_best_setting():
-    z, correct, texts = [[1.0, -1.0], [0.5, 0.2]], [[True, False], [False, True]], [["a", "b"], ["c", "d"]]
-    assert mean_balance(z, correct, texts, 0.0, 1) == pytest.approx((1.0 + 0.5) / 2)
-    assert best_setting({(0.5, 0.0): 0.3, (0.8, 0.0): 0.5, (0.8, 0.5): 0.5, (1.1, 0.0): 0.1}) == (0.8, 0.0)
+# ---- B-STaR: tests/test_bstar.py ------------------------------------------------------------------------------
 
 
 # ---- configuration ---------------------------------------------------------------------------------------------
@@ -177,52 +103,71 @@ def test_plug_in_settings_are_refused_at_start_up(overrides, message):
 # ---- each method through the config on the tiny model, against CREAM on the same samples ---------------------
 
 
+UPO_K, UPO_DROPOUT = 4, 0.5
+UPO_RUN = ("pairs=uncertainty", f"upo.k={UPO_K}", f"upo.dropout={UPO_DROPOUT}", "upo.selection=lowest",
+           "upo.weighting=certainty")
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     return run_methods(tmp_path_factory.mktemp("family"), {
-        "upo": ("pairs=uncertainty", "upo.k=3", "upo.keep=0.5", "upo.weighting=certainty"),
-        # the smoke's temperature only: the same samples as CREAM's, so the threshold alone makes the difference
-        "bstar": ("sampling=bstar", "pairs=reward_threshold", "bstar.temperatures=[0.8]",
-                  "bstar.thresholds=[-0.5,0.5]", "bstar.probe_prompts=2"),
+        # the selection that makes "the kept pairs are the certain ones" checkable (the official draw is random)
+        "upo": UPO_RUN,
         # a random model puts almost no mass on the verdict tokens: every verdict counts
         "selfref": ("rewarder=self_reference", "regularizer=none", "self_reference.min_mass=0",
                     "self_reference.answer_tokens=6")})
 
 
-def test_upo_keeps_the_most_certain_half_of_cremas_pairs_with_its_weights(runs, tiny_model_dir, tmp_path):
-    cream = {_key(p): p for p in _jsonl(_stage(runs["cream"], "pairs") / "pairs.jsonl")}
+def test_upo_keeps_the_certain_survivors_of_cremas_pairs(runs, tiny_model_dir, tmp_path):
+    """The run's kept pairs against the official rules applied by hand to the filter's dropout passes, replayed:
+    M1, the same sequences in the same order, the same seed (seed 0 x 1000 + iteration 1) and dropout."""
+    from cream.engine.model_pool import ModelPool
+    from cream.engine.models import load_tokenizer
+    from cream.engine.scoring import logprobs_under
+    from cream.methods.upo import seeded_dropout
+    from cream.runs.model_ref import ModelRef
+    from cream.runs.reader import RunReader
+    from cream.runs.rows import Pair, RewardRow, read_rows
+
+    candidates = read_rows(_stage(runs["cream"], "pairs") / "pairs.jsonl", Pair)  # UPO's, in the order it saw them
+    rows = {r.id: r for r in read_rows(_stage(runs["upo"], "reward") / "rewards.jsonl", RewardRow)}
+    cfg = _load(["experiment=smoke", *UPO_RUN])
+    m1 = RunReader(runs["upo"]).models(ModelRef("m0", str(tiny_model_dir)), sft_enabled=True)[1]
+    sequences = [s for p in candidates for s in ((p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids))]
+    passes = [logps for _, logps in logprobs_under(
+        ModelPool(cfg.model), [m1], sequences, cfg.rewarder.batch_size, load_tokenizer(m1.base).pad_token_id, "replay",
+        passes=UPO_K, within=lambda model: seeded_dropout(model, DropoutSite.attention, UPO_DROPOUT, 1))]
+
+    def H(p):  # sampler.py 18, 20: -sum p log(p + 1e-10)
+        return -(p * math.log(p + 1e-10) + (1 - p) * math.log(1 - p + 1e-10))
+
+    bald, survives = [], []
+    for m, pair in enumerate(candidates):
+        implicit = rows[pair.id].scores["implicit"]
+        gap = implicit[pair.chosen_index] - implicit[pair.rejected_index]
+        p = [1 / (1 + math.exp(-0.1 * (gap + (lp[2 * m] - pair.ref_chosen_logps) - (lp[2 * m + 1] - pair.ref_rejected_logps))))
+             for lp in passes]  # sigmoid(beta x margin of the pass)
+        bald.append(H(sum(p) / UPO_K) - sum(H(q) for q in p) / UPO_K)  # sampler.py 16-21
+        votes = sum(q >= 0.5 for q in p)  # mc_evaluation.py 56: argmax per pass, then of the counts (ties: chosen)
+        survives.append(votes >= UPO_K - votes)  # main.py 342-347
+    alive = [i for i in range(len(candidates)) if survives[i]]
+    kept = sorted(sorted(alive, key=lambda i: (bald[i], i))[:max(1, int(0.5 * len(alive)))])  # main.py 369
+    assert len(set(bald)) > 1  # the passes differ, and differently per pair: the ranking means something
+
     upo = _jsonl(_stage(runs["upo"], "pairs") / "pairs.jsonl")
-    assert {_key(p) for p in upo} <= set(cream) and len(upo) == math.ceil(0.5 * len(cream))
-    for p in upo:
-        assert 0 < p["weight"] <= 1 and p["target"] == cream[_key(p)]["target"]
+    key = lambda p: (p.id, p.chosen_index, p.rejected_index)
+    assert [_key(p) for p in upo] == [key(candidates[i]) for i in kept]  # the least uncertain of the survivors
+    assert [p["weight"] for p in upo] == pytest.approx([1 - bald[i] / math.log(2) for i in kept], abs=1e-6)
+    for p, i in zip(upo, kept):
+        assert p["target"] == candidates[i].target
     metrics = _metrics(runs["upo"], "pairs")
-    assert metrics["upo/forward_passes"] == 3 * 2 * len(cream)  # 3 passes of each pair's chosen and rejected
-    assert metrics["upo/mean_variance"] > 0  # the dropout passes differ
-    assert metrics["upo/mean_weight"] == pytest.approx(sum(p["weight"] for p in upo) / len(upo))
+    assert metrics["upo/dropped_noisy"] == len(candidates) - len(alive)
+    assert metrics["upo/forward_passes"] == UPO_K * 2 * len(candidates)  # each pair's chosen and rejected per pass
+    assert metrics["upo/kept_mean_uncertainty"] == pytest.approx(sum(bald[i] for i in kept) / len(kept), abs=1e-9)
+    assert metrics["upo/mean_uncertainty"] == pytest.approx(sum(bald) / len(bald), abs=1e-9)
     batch = _loss_inputs(runs["upo"], "cream", tiny_model_dir, tmp_path)
     assert sorted(batch["weight"].tolist()) == pytest.approx(sorted(p["weight"] for p in upo))
-    assert any(w < 1 for w in batch["weight"].tolist())  # CREAM's weights are all 1
     assert _metrics(runs["upo"], "dpo")["dpo/pairs"] == len(upo)
-
-
-def test_bstar_picks_its_setting_by_the_balance_score_and_drops_pairs_below_the_threshold(runs):
-    choice = json.loads((_stage(runs["bstar"], "sample") / "adaptive.json").read_text())
-    grid = {(t, h): v for t, h, v in choice["grid"]}
-    assert set(grid) == {(0.8, -0.5), (0.8, 0.5)} and (choice["temperature"], choice["threshold"]) == best_setting(grid)
-    sample_metrics = _metrics(runs["bstar"], "sample")
-    assert sample_metrics["sample/temperature"] == 0.8 and sample_metrics["bstar/threshold"] == choice["threshold"]
-    # the same samples and rewards as CREAM's; the pairs are CREAM's whose chosen response is selected
-    assert (_stage(runs["bstar"], "sample") / "responses.jsonl").read_bytes() == \
-        (_stage(runs["cream"], "sample") / "responses.jsonl").read_bytes()
-    rewards = _jsonl(_stage(runs["cream"], "reward") / "rewards.jsonl")
-    z = dict(zip([r["id"] for r in rewards], standardized([r["rewards"] for r in rewards])))
-    cream = _jsonl(_stage(runs["cream"], "pairs") / "pairs.jsonl")
-    expected = [_key(p) for p in cream if z[p["id"]][p["chosen_index"]] >= choice["threshold"]]
-    assert [_key(p) for p in _jsonl(_stage(runs["bstar"], "pairs") / "pairs.jsonl")] == expected
-    metrics = _metrics(runs["bstar"], "pairs")
-    assert metrics["bstar/dropped_below_threshold"] == len(cream) - len(expected)
-    assert metrics["explore/any_correct"] == sum(any(r["correct"]) for r in rewards) / len(rewards)  # pass@N
-    assert {"bstar/selected_accuracy", "bstar/balance", "bstar/distinct_per_prompt"} <= set(metrics)
 
 
 def test_self_reference_ranks_by_pairwise_win_rates(runs):

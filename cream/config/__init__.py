@@ -2,8 +2,9 @@
 
 Each group's dataclass lives beside the code it configures: `engine` (model, sampling), `rewards` (rewarder,
 judge, regularizer, pairs, diagnose), `training` (sft, dpo, the accelerate configs), `data`, `eval`, `runs`
-(paths, logger, run name, resume), and the settings only a method's plug-ins read in `cream.config.plugins`.
-This module composes them into `Config`, registered in Hydra's ConfigStore as `cream_schema`, the first entry
+(paths, logger, run name, resume). This module composes them into `Config`; a method's own settings group (`upo`,
+`scir`, ...) is a dataclass in its plug-in module, registered in `cream.plugins.registry.SETTINGS`, and
+`store_schema` adds those groups to `Config` when the plug-ins load. The result is Hydra's `cream_schema`, the first entry
 of `conf/config.yaml`'s defaults list: Hydra composes the YAML options of `conf/<group>/` over them, and
 each option file states only what it changes. So a typo in a key, a wrong type or an invalid choice
 fails at composition, naming the key; `load_config` then runs the range checks of `__post_init__`.
@@ -29,7 +30,6 @@ from cream.config.rewards import DiagnoseConfig, JudgeConfig, PairsConfig, Regul
 from cream.config.runs import LoggerConfig, PathsConfig, ResumeMode, check_run_name
 from cream.config.training import DPOConfig, SFTConfig
 from cream.errors import ConfigError, require
-from cream.config.plugins import ScirConfig, UpoConfig
 
 DEVICES = ("auto", "cpu", "cuda")  # the values of the config key `device`
 
@@ -53,8 +53,6 @@ class Config:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
     regularizer: RegularizerConfig = field(default_factory=RegularizerConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
-    scir: ScirConfig = field(default_factory=ScirConfig)
-    upo: UpoConfig = field(default_factory=UpoConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -96,8 +96,9 @@ class PairsConfig:
     # A registered pairing (cream.plugins.registry.PAIRINGS) of the responses ordered by reward: best_worst (one pair,
     # CREAM and SRLM), ranked (every pair of different rewards, OSP), adjacent (neighbouring ranks, OSP)
     strategy: str = "best_worst"
-    # A reward gap's preference probability sigmoid(gap / tau) (Bradley-Terry): each pair's strength (OSP) and
-    # the win rates of dpo.loss=sppo; null = a hard preference (1 for the better response, 1/2 on a tie)
+    # A reward gap's preference probability sigmoid(reward_scale x gap / tau) (Bradley-Terry; reward_scale is dpo.beta
+    # for the implicit reward, 1 otherwise: cream.rewards.pairing): each pair's strength (OSP) and the win rates of
+    # dpo.loss=sppo; tau = 1 is the reward model's own probability; null = a hard preference (1, 1/2 on a tie)
     tau: Optional[float] = None
     filters: list[str] = field(default_factory=list)  # registered pair filters (cream.plugins.registry.FILTERS), in order
 

@@ -85,7 +85,7 @@ class Pair:
     # Added with the plug-in methods; the defaults read a pairs.jsonl written before them as it trained.
     chosen_index: Optional[int] = None  # the responses' positions among the prompt's samples
     rejected_index: Optional[int] = None
-    strength: float = 1.0  # p: how surely chosen beats rejected, from the reward gap (`pairs.tau`); 1 = surely
+    strength: float = 1.0  # p: how surely chosen beats rejected, from the reward gap (`reward_scale`, `pairs.tau`); 1 = surely
     target: Optional[float] = None  # the label of sigmoid(h) in the loss: C*p + (1-C)*(1-p); None -> C
     weight: float = 1.0  # multiplies the pair's loss (filters set it, e.g. SCIR's joint confidence)
     penalty: float = 0.0  # weight of a second label term of the loss (SCIR's inconsistency penalty); 0 = none
