@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install run test test-fast compare bench study clean
+.PHONY: install run test test-fast compare bench study gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -54,3 +54,9 @@ bench: $(STAMP)
 STUDY_SCALE ?= gpu
 study: $(STAMP)
 	$(PY) -m analysis.study --scale $(STUDY_SCALE)
+
+# On a machine with a CUDA GPU: the smoke and default experiments, the shape-only cream_llama_1gpu for one
+# iteration of 64 prompts, and the bench, each with its time, GPU utilisation and peak memory, into
+# runs/gpu_check/report.md (bench/gpu_check.py). Without a GPU it stops in one line.
+gpu-check: $(STAMP)
+	$(PY) bench/gpu_check.py

@@ -77,7 +77,7 @@ def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:
                              "with `model=...`")
         embedded_gguf_path(file_name)  # ModelError naming `model.path` when the wheel lacks the file
         return
-    if model_cfg.source != ModelSource.hub:  # tiny: built locally
+    if model_cfg.source != ModelSource.hub:  # tiny, random: built locally
         return
     from cream.engine.models import locate
 

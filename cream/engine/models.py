@@ -147,12 +147,61 @@ def build_tiny_model(cache_dir: Path) -> Path:
     return _cached(Path(cache_dir).expanduser() / "tiny-llama", build)
 
 
+def shape_config(shape, tokenizer):
+    """The transformers LlamaConfig of `shape` (a `ModelShape`), with the tokenizer's special tokens."""
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=shape.vocab_size, hidden_size=shape.hidden_size, intermediate_size=shape.intermediate_size,
+        num_hidden_layers=shape.num_hidden_layers, num_attention_heads=shape.num_attention_heads,
+        num_key_value_heads=shape.num_key_value_heads, max_position_embeddings=shape.max_position_embeddings,
+        rope_theta=shape.rope_theta, tie_word_embeddings=shape.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def shape_footprint(shape, dtype: str = "bfloat16", tokenizer=None) -> dict:
+    """Parameters and weight memory of `shape`, counted on the meta device: nothing is allocated (an 8B shape
+    on a 24 GB machine)."""
+    from transformers import LlamaForCausalLM
+    from types import SimpleNamespace
+
+    tokens = tokenizer or SimpleNamespace(bos_token_id=None, eos_token_id=None, pad_token_id=None)
+    with torch.device("meta"):
+        model = LlamaForCausalLM(shape_config(shape, tokens))
+    parameters = sum(p.numel() for p in model.parameters())
+    per_value = torch.empty((), dtype=getattr(torch, dtype)).element_size()
+    return {"parameters": parameters, "weights_gib": parameters * per_value / 2**30, "dtype": dtype}
+
+
+def build_random_model(model_cfg: ModelConfig, cache_dir: Path) -> Path:
+    """A Llama of `model.shape` with random weights (seed 0) and the embedded tokenizer, saved once under the
+    cache, named by its shape: measured like the real model, never a result."""
+    import dataclasses
+    import hashlib
+
+    shape = dataclasses.asdict(model_cfg.shape)
+    key = hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:12]
+
+    def build(folder: Path) -> None:
+        from transformers import AutoTokenizer, LlamaForCausalLM
+
+        tokenizer = AutoTokenizer.from_pretrained(convert_embedded(cache_dir))
+        torch.manual_seed(0)
+        LlamaForCausalLM(shape_config(model_cfg.shape, tokenizer)).save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return _cached(Path(cache_dir).expanduser() / f"random-{model_cfg.name}-{key}", build)
+
+
 def resolve_model_dir(model_cfg: ModelConfig, cache_dir: Path) -> str:
     """The folder (or hub id) that every stage loads the base model from."""
     if model_cfg.source == ModelSource.embedded:
         return str(convert_embedded(cache_dir, model_cfg.path or EMBEDDED_GGUF))
     if model_cfg.source == ModelSource.tiny:
         return str(build_tiny_model(cache_dir))
+    if model_cfg.source == ModelSource.random:
+        return str(build_random_model(model_cfg, cache_dir))
     return locate(model_cfg.path)
 
 
