@@ -89,7 +89,7 @@ def test_compare_reports_paired_differences_and_stderr(tmp_path):
     text = (tmp_path / "out" / "summary.md").read_text()
     assert "| CREAM | M1 | 1 | 100.0 ± 0.0 | 50.0 ± 0.0 | 75.0 |" in text
     assert "| SRLM2 | M1 | 1 | 50.0 ± 9.1 |" in text  # sqrt(0.25 / 30) = 0.0913
-    assert "**CREAM (M1, 1 seed) vs SRLM (M1, 1 seed)**, 34 items:" in text
+    assert "**CREAM (M1, 1 seed) vs SRLM (M1, 1 seed)**, 34 items (one seed each: the interval covers the item noise only):" in text
     assert "  - arc_easy: CREAM - SRLM: +100.0 (95% CI +100.0 to +100.0), CREAM higher" in text
     assert "  - truthfulqa: CREAM - SRLM: +0.0 (95% CI +0.0 to +0.0), within the noise" in text
     assert "  - average: CREAM - SRLM: +50.0 (95% CI +50.0 to +50.0), CREAM higher" in text
