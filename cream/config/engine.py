@@ -45,6 +45,7 @@ class ModelShape:
                 f"must divide hidden_size {self.hidden_size}")
         require(self.num_attention_heads % self.num_key_value_heads == 0, "model.shape.num_key_value_heads",
                 f"must divide num_attention_heads {self.num_attention_heads}")
+        require(self.rope_theta > 0, "model.shape.rope_theta", f"must be > 0, got {self.rope_theta}")
         require(self.vocab_size >= 49152, "model.shape.vocab_size",
                 f"must hold the embedded tokenizer's 49152 ids, got {self.vocab_size}")
 

@@ -80,7 +80,7 @@ class ScirFilter:
     settings = ("scir", "dpo.beta")  # what its result reads: its group and the implicit vote's scale
 
     def rewarders(self, cfg: Config) -> tuple[str, ...]:
-        return IMPLICIT, str(getattr(cfg.scir.judge, "value", cfg.scir.judge))
+        return IMPLICIT, cfg.scir.judge
 
     def check(self, cfg: Config) -> None:
         REWARDERS.get(cfg.scir.judge, "scir.judge")

@@ -75,7 +75,6 @@ class Registry(Generic[Entry]):
     def get(self, name: str, key: Optional[str] = None) -> Entry:
         """The entry `name`; a ConfigError naming the config key (`key`, else this registry's) and the known names."""
         load_plugins()
-        name = getattr(name, "value", name)  # an enum of built-in names reads as its value
         if name not in self._entries:
             broken = f"; plug-in modules that failed to load: {' | '.join(PROBLEMS)}" if PROBLEMS else ""
             raise ConfigError(f"config key `{key or self.key}`: unknown {self.kind} {name!r}; "
@@ -160,7 +159,7 @@ def settings_of(entries: Iterable[Any], cfg: "Config") -> tuple[str, ...]:
 
 
 def rewarders_of(cfg: "Config", names: Iterable[str]) -> list[Rewarder]:
-    return [REWARDERS.get(name) for name in dict.fromkeys(getattr(n, "value", n) for n in names)]
+    return [REWARDERS.get(name) for name in dict.fromkeys(names)]
 
 
 def check_config(cfg: "Config") -> None:

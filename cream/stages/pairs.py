@@ -52,7 +52,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     reward_rows = read_rows(ctx.file("reward", "rewards"), RewardRow)
     strategy = PAIRINGS.get(settings.strategy)
     policy = ctx.policy.name  # M_t: DPO starts from it and takes it as the reference
-    rewarder = str(getattr(ctx.cfg.rewarder.name, "value", ctx.cfg.rewarder.name))  # the scale of its reward gaps
+    rewarder = ctx.cfg.rewarder.name  # the scale of its reward gaps
     stats, pairs = PairStats(), []
     for row in reward_rows:
         sample = samples[row.id]
