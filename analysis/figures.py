@@ -21,6 +21,9 @@ FIGURES = ("benchmarks", "consistency", "reward_accuracy", "pairs", "training", 
 LENGTH_PANELS = [("length/chosen_mean", "chosen response, mean tokens"), ("length/rejected_mean", "rejected response, mean tokens"),
                  ("length/chosen_longer_share", "share of pairs: chosen is longer"),
                  ("length/reward_spearman", "rank correlation of reward and length")]
+# a pairwise judge's position bias, drawn beside the length panels when a run logs it; a score judge (SRLM's)
+# sees one response at a time, so no verdict of it can depend on an order
+POSITION_PANEL = ("self_reference/position_bias_rate", "pairwise judge: share of verdicts flipping with the order")
 # What the loss sees of the pairs, per iteration: the plug-ins' labels, weights and filters (0 to 1 each)
 TRAINING_PANELS = [("pairs/mean_target", "mean label (C, p or both)"), ("pairs/mean_weight", "mean pair weight"),
                    ("scir/agreement_rate", "SCIR: rewards agreeing"), ("upo/kept_share", "UPO: pairs kept"),
@@ -121,6 +124,12 @@ def _reward_panels(methods: dict) -> list[tuple[str, str]]:
     return panels
 
 
+def bias_panels(methods: dict) -> list[tuple[str, str]]:
+    """length.png's panels: the length bias, and the position bias when some run's judge is pairwise."""
+    logged = any(POSITION_PANEL[0] in values for c in methods.values() for values in c["iterations"].values())
+    return LENGTH_PANELS + [POSITION_PANEL] * logged
+
+
 def draw(out_dir: Path, methods: dict) -> None:
     """Every figure of FIGURES, as `<name>.png` in `out_dir`."""
     model_axis, iteration_axis = ("model", "M{}"), ("iteration", "{}")
@@ -140,5 +149,5 @@ def draw(out_dir: Path, methods: dict) -> None:
               if any(key in values for c in methods.values() for values in c["iterations"].values())]
     plot(out_dir / "training.png", "What the loss sees", "mean per iteration", logged or TRAINING_PANELS[:1],
          methods, "iterations", *iteration_axis, ylim=(0, 1))
-    plot(out_dir / "length.png", "Does the reward prefer long responses?", "per iteration", LENGTH_PANELS,
-         methods, "iterations", *iteration_axis, ylim=None)
+    plot(out_dir / "length.png", "Does the reward prefer long responses (or a position)?", "per iteration",
+         bias_panels(methods), methods, "iterations", *iteration_axis, ylim=None)

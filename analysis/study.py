@@ -32,6 +32,7 @@ import argparse
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -42,13 +43,29 @@ from cream.runs.run_folder import RUN_MANIFEST
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("srlm_smollm", "cream_smollm", "oracle_smollm")  # the presets of conf/experiment/
-SEEDS = (0, 1, 2)
-# What each scale sets on top of the method's preset: sizes only, the same for every method.
+# The paper protocol (generated answer, extraction, exact match) on the first 100 validation items of the four
+# multiple-choice benchmarks whose train split the prompts come from: the metric measures what is trained.
+CONTROL_EVAL = ("eval=paper", "eval.tasks=[arc_easy,arc_challenge,openbookqa,siqa]", "eval.limit=100",
+                "eval.max_gen_toks=128", "eval.every=0", "eval.dtype=auto", "eval.batch_size=64")
+
+
+@dataclass(frozen=True)
+class Scale:
+    """What a scale sets on top of each method's preset (sizes only, the same for every method), and its seeds."""
+
+    overrides: tuple[str, ...]
+    seeds: tuple[int, ...] = (0, 1, 2)
+
+
 SCALES = {
-    "gpu": ("device=cuda", "iterations=2", "data.shard_size=400", "sft.max_examples=null",
-            "sampling.batch_size=256", "rewarder.batch_size=64", "judge.batch_size=96",
-            "eval.every=1", "eval.batch_size=64"),
-    "cpu": (),
+    "gpu": Scale(("device=cuda", "iterations=2", "data.shard_size=400", "sft.max_examples=null",
+                  "sampling.batch_size=256", "rewarder.batch_size=64", "judge.batch_size=96",
+                  "eval.every=1", "eval.batch_size=64")),
+    "cpu": Scale(()),
+    # the positive control: 4x the prompts of `cpu`, multiple-choice prompts only (a 135M model answers no GSM8K
+    # question, so the Oracle would get no pair from them), scored on what is trained (CONTROL_EVAL)
+    "control": Scale(("data.prompt_sets=[arc_easy,arc_challenge,openbookqa,siqa]", "data.shard_size=64",
+                      *CONTROL_EVAL), seeds=(0, 1)),
 }
 
 
@@ -56,15 +73,15 @@ def run_name(scale: str, seed: int) -> str:
     return f"study-{scale}-s{seed}"
 
 
-def grid() -> list[tuple[int, str]]:
+def grid(scale: str) -> list[tuple[int, str]]:
     """(seed, method) of every run, seed by seed: an interrupted study has whole seeds to compare."""
-    return [(seed, method) for seed in SEEDS for method in METHODS]
+    return [(seed, method) for seed in SCALES[scale].seeds for method in METHODS]
 
 
 def overrides(scale: str, method: str, seed: int, runs_root: Path) -> list[str]:
     """The Hydra overrides of train.py for one run of the study."""
     return [f"experiment={method}", f"seed={seed}", f"run_name={run_name(scale, seed)}",
-            f"paths.runs={runs_root}", *SCALES[scale]]
+            f"paths.runs={runs_root}", *SCALES[scale].overrides]
 
 
 def run_dir(runs_root: Path, scale: str, method: str, seed: int) -> Path:
@@ -84,7 +101,7 @@ def state(folder: Path) -> str:
 
 def analyse(scale: str, runs_root: Path, out_dir: Path) -> dict:
     """analysis.compare over the study's run folders that exist; summary.md opens with what is missing."""
-    states = {(seed, method): state(run_dir(runs_root, scale, method, seed)) for seed, method in grid()}
+    states = {(seed, method): state(run_dir(runs_root, scale, method, seed)) for seed, method in grid(scale)}
     present = [run_dir(runs_root, scale, m, s) for (s, m), st in states.items() if st != "missing"]
     if not present:
         raise DataError(f"{runs_root}: no run of the {scale} study yet (run `make study STUDY_SCALE={scale}`)")
@@ -97,7 +114,7 @@ def analyse(scale: str, runs_root: Path, out_dir: Path) -> dict:
 
 def run_all(scale: str, runs_root: Path) -> list[str]:
     """Run (or resume) every run of the study, one after another; the runs that failed."""
-    failed, runs = [], grid()
+    failed, runs = [], grid(scale)
     for i, (seed, method) in enumerate(runs, start=1):
         command = [sys.executable, "train.py", *overrides(scale, method, seed, runs_root)]
         print(f"[study {scale} {i}/{len(runs)}] {' '.join(command[1:])}", flush=True)

@@ -26,7 +26,7 @@ from cream.data.load import check_shards, load_prompts, load_sft_examples, resol
 from cream.eval.task_files import check_data, lm_tasks
 from cream.runs.logger import METRICS, RunLogger
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import resolve_device, resolve_model_dir
+from cream.engine.models import resolve_device, resolve_dtype, resolve_model_dir
 from cream.runs.model_ref import ModelRef
 from cream.runs.run_folder import (EVALUATE_M0, RunFolder, data_identity, digest, outputs_digest, prepare_stage, select,
                                    stage_folder)
@@ -152,8 +152,13 @@ def run(cfg: Config) -> dict:
     identity = data_identity(prompts, sft_examples, eval_files(cfg, data_dir))
 
     m0 = ModelRef("m0", resolve_model_dir(cfg.model, Path(cfg.paths.cache).expanduser()))
-    run_ = Run(cfg, identity)
     device = resolve_device(cfg.device)
+    # `auto` dtypes become what this machine computes fastest before run.json and the fingerprints record them:
+    # a stage computed in bfloat16 elsewhere is not reused as if it were float32
+    cfg.sampling.dtype = resolve_dtype(cfg.sampling.dtype, device)
+    if cfg.eval.dtype is not None:
+        cfg.eval.dtype = resolve_dtype(cfg.eval.dtype, device)
+    run_ = Run(cfg, identity)
     ctx = Context(cfg=cfg, pool=ModelPool(cfg.model, device), device=device,
                   logger=run_.logger, data_dir=data_dir, prompts=prompts, sft_examples=sft_examples, models=[m0])
     scores: dict[str, dict] = {}

@@ -5,12 +5,13 @@ them: the optional backends the configuration selects (vLLM, DeepSpeed), the mod
 with config.json, a hub id that the offline hub cache holds, the embedded wheel), the names of the prompt
 sets and evaluation tasks, and the plug-ins the configuration names (rewarder, pairing, filters, loss:
 `cream.plugins.registry`). Nothing is downloaded, imported heavily or written. Each failure is a
-`ConfigError` or `ModelError` naming the key at fault.
+`ConfigError` or `ModelError` naming the key at fault; bfloat16 on a CPU that emulates it is only a warning.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import logging
 from pathlib import Path
 
 from cream.plugins import registry
@@ -20,11 +21,13 @@ from cream.config.training import accelerate_config_file
 from cream.errors import ConfigError, ModelError
 
 _GPU_EXTRA = "pip install -e .[gpu]"
+log = logging.getLogger(__name__)
 
 
 def check(cfg: Config) -> None:
     """Everything `cfg` needs from this machine; raises ConfigError or ModelError naming the key."""
     check_device(cfg)
+    warn_emulated_bf16(cfg)
     check_backends(cfg)
     check_model(cfg.model, Path(cfg.paths.cache).expanduser())
     check_names(cfg)
@@ -41,6 +44,19 @@ def check_device(cfg: Config) -> None:
     from cream.engine.models import resolve_device
 
     resolve_device(cfg.device)  # ConfigError naming `device`
+
+
+def warn_emulated_bf16(cfg: Config) -> None:
+    """bfloat16 on a CPU that emulates it runs, ~65x slower than float32: say so, naming the key."""
+    from cream.engine.models import native_bf16_cpu, resolve_device
+
+    if resolve_device(cfg.device) != "cpu" or native_bf16_cpu():
+        return
+    for key, value in (("model.dtype", cfg.model.dtype), ("sampling.dtype", cfg.sampling.dtype),
+                       ("eval.dtype", cfg.eval.dtype if cfg.eval.enabled else None)):
+        if value == "bfloat16":
+            log.warning(f"config key `{key}`: bfloat16 on a CPU without native bf16 (no avx512_bf16 or amx_bf16 in "
+                        f"/proc/cpuinfo) is emulated, ~65x slower than float32; `{key}=auto` picks float32 here")
 
 
 def check_backends(cfg: Config) -> None:

@@ -269,3 +269,15 @@ def test_runs_on_other_data_are_not_seeds_and_a_repeated_seed_is_refused(tmp_pat
     _hand_run(same, "a", 0, [30.0, 41.0])
     with pytest.raises(DataError, match="two runs of a with seed 0"):
         _methods(same)
+
+
+def test_the_position_panel_joins_length_png_only_when_a_pairwise_judge_logged_it(seeded, tmp_path):
+    from analysis.figures import LENGTH_PANELS, POSITION_PANEL, bias_panels
+
+    assert bias_panels(_methods(seeded)) == LENGTH_PANELS  # score or no judge: nothing has an order
+    folder = _hand_run(tmp_path / "runs", "selfref", 0, [30.0, 35.0])
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"iteration": 1, "stage": "reward", POSITION_PANEL[0]: 0.25}) + "\n")
+    methods = _methods(tmp_path / "runs")
+    assert bias_panels(methods) == LENGTH_PANELS + [POSITION_PANEL]
+    assert [p.mean for p in points(methods["selfref"]["iterations"], POSITION_PANEL[0])] == [0.25]

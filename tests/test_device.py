@@ -140,3 +140,47 @@ def test_smoke_run_on_cuda(tmp_path):
                             env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                                  "WANDB_MODE": "offline"})
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+@pytest.mark.parametrize("flags, native", [
+    ("fpu sse avx avx2 fma", False),  # the AVX2-only EPYC of 2026-12-03: bf16 emulated
+    ("avx2 avx512f avx512_bf16", True),
+    ("avx2 amx_bf16 amx_tile", True),
+    ("avx2 avx512f avx512_bf16x", False),  # whole flags only
+])
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    from cream.engine.models import native_bf16_cpu
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+    assert native_bf16_cpu(cpuinfo) is native
+    assert native_bf16_cpu(tmp_path / "absent") is False
+
+
+@pytest.mark.parametrize("setting", ["float32", "bfloat16", "float16"])
+def test_explicit_dtypes_are_kept_on_any_device(setting):
+    from cream.engine.models import resolve_dtype
+
+    assert resolve_dtype(setting, "cpu") == resolve_dtype(setting, "cuda") == setting
+
+
+def test_auto_dtype_on_the_cpu_follows_its_flags(monkeypatch):
+    import cream.engine.models as models
+
+    for native, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(models, "native_bf16_cpu", lambda native=native: native)
+        assert models.resolve_dtype("auto", "cpu") == expected
+
+
+@pytest.mark.parametrize("key", ["model.dtype", "sampling.dtype", "eval.dtype"])
+def test_bfloat16_where_the_cpu_emulates_it_is_a_warning_naming_the_key(monkeypatch, caplog, key):
+    import cream.engine.models as models
+    from cream.preflight import warn_emulated_bf16
+    from tests.test_sweeps import _load
+
+    cfg, _ = _load(("experiment=smoke", "device=cpu", f"{key}=bfloat16"))
+    for native, warned in ((True, False), (False, True)):
+        caplog.clear()
+        monkeypatch.setattr(models, "native_bf16_cpu", lambda native=native: native)
+        warn_emulated_bf16(cfg)
+        assert (f"config key `{key}`: bfloat16 on a CPU without native bf16" in caplog.text) is warned

@@ -46,6 +46,14 @@ def test_the_default_run_name_gives_one_folder_holding_hydras_log(smoke_run):
     assert list(run_dir.parent.iterdir()) == [run_dir]
 
 
+def test_run_json_records_what_the_auto_sampling_dtype_became_on_this_machine(smoke_run):
+    from cream.engine.models import resolve_dtype
+
+    run_dir, _, _ = smoke_run
+    config = json.loads((run_dir / "run.json").read_text())["config"]
+    assert config["sampling"]["dtype"] == resolve_dtype("auto", "cpu") != "auto"  # the schema's default is auto
+
+
 def test_every_stage_completes_with_manifest_and_artifacts(smoke_run):
     run_dir, _, _ = smoke_run
     for iteration, stages in STAGES.items():

@@ -6,7 +6,7 @@ import json
 import pytest
 
 import analysis.study
-from analysis.study import METHODS, SCALES, SEEDS, analyse, grid, main, overrides, run_all, run_dir, run_name
+from analysis.study import METHODS, SCALES, analyse, grid, main, overrides, run_all, run_dir, run_name
 from cream.config import to_plain_dict
 from cream.data.load import load_prompts, shard
 from tests.conftest import FIXTURE_DATA
@@ -15,22 +15,25 @@ from tests.test_sweeps import _load
 RUNS = "/tmp/study-runs"  # paths.runs is only composed here, never written
 # What decides a run's prompt shards (load_prompts, shard) and its M1 (SFT): the same for the methods of a seed.
 SHARED_WITHIN_SEED = ("seed", "iterations", "data", "sft", "model", "sampling")
-TASKS = ["arc_easy", "arc_challenge", "openbookqa", "siqa", "truthfulqa"]
+TASKS = {"cpu": ["arc_easy", "arc_challenge", "openbookqa", "siqa", "truthfulqa"],
+         "control": ["arc_easy", "arc_challenge", "openbookqa", "siqa"]}
+TASKS["gpu"] = TASKS["cpu"]
+EVAL = {"cpu": "harness_sized", "gpu": "harness_sized", "control": "paper"}
 
 
 def _composed(scale):
     """(seed, method) -> (validated Config, group choices) of every run of the scale."""
-    return {(seed, method): _load(tuple(overrides(scale, method, seed, RUNS))) for seed, method in grid()}
+    return {(seed, method): _load(tuple(overrides(scale, method, seed, RUNS))) for seed, method in grid(scale)}
 
 
 @pytest.mark.parametrize("scale", sorted(SCALES))
 def test_every_run_composes_validates_and_keeps_its_method(scale):
     runs = _composed(scale)
-    assert sorted(runs) == sorted((s, m) for s in SEEDS for m in METHODS)
+    assert sorted(runs) == sorted((s, m) for s in SCALES[scale].seeds for m in METHODS)
     for (seed, method), (cfg, choices) in runs.items():
         assert (choices["experiment"], cfg.experiment_name, cfg.seed) == (method, method, seed)
         assert cfg.run_name == run_name(scale, seed) and cfg.paths.runs == RUNS
-        assert choices["eval"] == "harness_sized" and cfg.eval.tasks == TASKS and cfg.iterations == 2
+        assert choices["eval"] == EVAL[scale] and cfg.eval.tasks == TASKS[scale] and cfg.iterations == 2
     # the scale changes sizes, not the method: the rewarder and regularizer of each preset stay
     methods = {m: (cfg.rewarder.name, cfg.regularizer.name.value) for (s, m), (cfg, _) in runs.items() if s == 0}
     assert methods == {"srlm_smollm": ("judge", "none"), "cream_smollm": ("implicit", "cream_dyn"),
@@ -40,7 +43,7 @@ def test_every_run_composes_validates_and_keeps_its_method(scale):
 @pytest.mark.parametrize("scale", sorted(SCALES))
 def test_the_methods_of_a_seed_share_shards_and_all_runs_share_the_evaluation(scale):
     plain = {key: to_plain_dict(cfg) for key, (cfg, _) in _composed(scale).items()}
-    for seed in SEEDS:
+    for seed in SCALES[scale].seeds:
         for key in SHARED_WITHIN_SEED:
             assert len({json.dumps(plain[seed, m][key], sort_keys=True) for m in METHODS}) == 1, (scale, seed, key)
     # the same items for every run, so the paired bootstrap applies between any two
@@ -54,7 +57,7 @@ def test_the_cpu_shards_are_the_same_prompts_for_the_methods_of_a_seed_and_diffe
         prompts = load_prompts(cfg.data, FIXTURE_DATA, cfg.seed)
         shards[seed, method] = [[p["id"] for p in shard(prompts, t, cfg.data.shard_size)]
                                 for t in range(1, cfg.iterations + 1)]
-    for seed in SEEDS:
+    for seed in SCALES["cpu"].seeds:
         assert shards[seed, METHODS[0]] == shards[seed, METHODS[1]] == shards[seed, METHODS[2]]
     assert shards[0, METHODS[0]] != shards[1, METHODS[0]]
 
@@ -65,8 +68,8 @@ def test_the_gpu_scale_refuses_to_fall_back_to_the_cpu():
 
 
 def test_run_folders_are_distinct_across_runs_and_scales():
-    folders = [run_dir(RUNS, scale, m, s) for scale in SCALES for s, m in grid()]
-    assert len(set(folders)) == len(folders) == 2 * len(SEEDS) * len(METHODS)
+    folders = [run_dir(RUNS, scale, m, s) for scale in SCALES for s, m in grid(scale)]
+    assert len(set(folders)) == len(folders) == sum(len(SCALES[scale].seeds) for scale in SCALES) * len(METHODS)
 
 
 # --- the analysis over hand-made run folders -----------------------------------------------------------
@@ -136,7 +139,7 @@ def _fake_train(monkeypatch, exit_codes):
 def test_the_runs_go_seed_by_seed_and_a_failed_run_does_not_stop_the_others(monkeypatch, tmp_path):
     calls = _fake_train(monkeypatch, {1: 2})
     failed = run_all("cpu", tmp_path)
-    assert calls == [overrides("cpu", m, s, tmp_path) for s in SEEDS for m in METHODS]
+    assert calls == [overrides("cpu", m, s, tmp_path) for s in SCALES["cpu"].seeds for m in METHODS]
     assert failed == ["cream_smollm seed 0 (exit 2)"]
 
 

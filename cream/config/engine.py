@@ -77,7 +77,9 @@ class ModelConfig:
 @dataclass
 class SamplingConfig:
     backend: SamplingBackend = SamplingBackend.torch
-    dtype: str = "bfloat16"  # weights and activations while sampling; scoring stays in model.dtype
+    # weights and activations while sampling (scoring stays in model.dtype); auto: bfloat16 where the device
+    # computes it natively, else float32 (cream.engine.models.resolve_dtype)
+    dtype: str = "auto"
     tensor_parallel_size: int = 1  # GPUs per vLLM engine (backend=vllm)
     n: int = 4  # responses per prompt
     temperature: float = 0.8
@@ -89,8 +91,8 @@ class SamplingConfig:
     adaptive: str = "none"
 
     def __post_init__(self) -> None:
-        require(self.dtype in ("float32", "bfloat16", "float16"), "sampling.dtype",
-                f"expected float32, bfloat16 or float16, got {self.dtype!r}")
+        require(self.dtype in ("auto", "float32", "bfloat16", "float16"), "sampling.dtype",
+                f"expected auto, float32, bfloat16 or float16, got {self.dtype!r}")
         require(self.tensor_parallel_size >= 1, "sampling.tensor_parallel_size",
                 f"must be >= 1, got {self.tensor_parallel_size}")
         require(self.n >= 2, "sampling.n", f"pairing needs at least 2 responses per prompt, got {self.n}")

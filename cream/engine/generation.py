@@ -22,7 +22,7 @@ from cream.config import JudgeConfig, SamplingConfig
 from cream.config.engine import SamplingBackend
 from cream.engine.decode import Decoder
 from cream.engine.model_pool import ModelPool
-from cream.engine.models import dtype_of
+from cream.engine.models import dtype_of, resolve_dtype
 from cream.runs.model_ref import ModelRef
 from cream.runs.rows import Response
 
@@ -45,7 +45,7 @@ def cut_response(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], b
 def _chunk_sampler(model, cfg: SamplingConfig | JudgeConfig, engine: SamplingConfig, eos_id: int, pad_id: int
                    ) -> Callable[[list[list[int]], int], list[list[int]]]:
     """A function from (prompts of one chunk, seed) to `cfg.n` generated id lists per prompt, prompt-major."""
-    dtype = dtype_of(engine.dtype)
+    dtype = dtype_of(resolve_dtype(engine.dtype, model.device.type))
     if engine.backend == SamplingBackend.torch:
         decoder = Decoder(model, dtype)  # weights copied once per stage, LoRA merged
 

@@ -29,6 +29,27 @@ def dtype_of(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
+def native_bf16_cpu(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX). Elsewhere torch emulates it: on an
+    AVX2-only EPYC a bf16 matmul ran at 1.2 GFLOP/s against 80 in float32 (2026-12-03)."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:  # not Linux: assume no
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(setting: str, device: str) -> str:
+    """A compute dtype setting (`sampling.dtype`, `eval.dtype`) as a torch dtype name: `auto` is the fastest
+    that the device computes natively, bfloat16 on a GPU that has it (else float16) and on a CPU with
+    native bf16, else float32."""
+    if setting != "auto":
+        return setting
+    if device == "cuda":
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if native_bf16_cpu() else "float32"
+
+
 def embedded_gguf_path(file_name: str = EMBEDDED_GGUF) -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:

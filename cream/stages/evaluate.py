@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cream.engine.models import resolve_dtype
 from cream.runs.artifacts import read_json
 from cream.eval.harness import evaluate_model, wrong_answers
 from cream.plugins.contracts import Context
@@ -21,7 +22,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     model = ctx.newest
     ctx.pool.release()  # lm-eval loads its own copy
     scores = evaluate_model(ctx.cfg.eval, ctx.data_dir, Path(model.base), Path(model.adapter) if model.adapter else None,
-                            stage_dir, dtype=ctx.cfg.eval.dtype or ctx.cfg.model.dtype, seed=ctx.cfg.seed, device=ctx.device)
+                            stage_dir, dtype=resolve_dtype(ctx.cfg.eval.dtype or ctx.cfg.model.dtype, ctx.device), seed=ctx.cfg.seed, device=ctx.device)
     timing = read_json(Path(stage_dir) / "eval.json")
     metrics = {f"eval/{task}": score for task, score in scores.items()}
     # standard error of each score, percent points (older eval.json files have none)
