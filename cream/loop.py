@@ -10,7 +10,9 @@ with its DONE mark is reused, so rerunning the same command resumes where it sto
 from __future__ import annotations
 
 import logging
+import os
 import resource
+import shutil
 import time
 from pathlib import Path
 from types import ModuleType
@@ -18,7 +20,9 @@ from typing import Optional
 
 import torch
 
-from cream.runs.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
+from cream.errors import StageError
+from cream.runs.artifacts import (MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs,
+                                     write_bytes)
 from cream import preflight
 from cream.config import Config
 from cream.config.eval import EvalProtocol
@@ -60,8 +64,12 @@ class Run:
         models = [self.model_digests.get(m.name, m.name) for m in ctx.models]
         return fingerprint(stage, ctx.cfg, self.folder.config, self.data, {s: ctx.digests[s] for s in stage.READS}, models)
 
-    def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None) -> StageResult:
-        """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once."""
+    def stage(self, ctx: Context, stage: ModuleType, name: Optional[str] = None,
+              shared: Optional[Path] = None) -> StageResult:
+        """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once.
+
+        `shared`: a folder outside the run where any run with the same fingerprint keeps this stage's result
+        (M0's evaluation: `shared_stage_dir`); copied from when complete there, published to after computing."""
         name = name or stage.NAME
         iteration = ctx.iteration
         stage_dir = stage_folder(self.dir, iteration, name)
@@ -73,6 +81,16 @@ class Run:
             result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
             if (iteration, name) not in self.logged:  # killed between its DONE and its record
                 self.logger.log(iteration, name, result.metrics)
+        elif shared is not None and (manifest := shared_manifest(shared, fingerprint)) is not None:
+            prepare_stage(stage_dir, fingerprint)
+            for rel in manifest["outputs"]:
+                write_bytes(stage_dir / rel, (shared / rel).read_bytes())
+            mark_complete(stage_dir, extra={key: manifest[key] for key in ("fingerprint", "metrics", "artifacts")}
+                          | {"copied_from": str(shared)})
+            verify_outputs(stage_dir)
+            log.info(f"iter {iteration} {name}: computed by another run with the same settings; copied from {shared}")
+            result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
+            self.logger.log(iteration, name, result.metrics)
         else:
             if manifest is not None:
                 log.info(f"iter {iteration} {name}: computed from other settings, inputs or data; recomputing")
@@ -86,6 +104,8 @@ class Run:
             mark_complete(stage_dir, extra={"fingerprint": fingerprint, "metrics": result.metrics,
                                             "artifacts": self._encode(result.outputs, stage_dir)})
             self.logger.log(iteration, name, result.metrics)
+            if shared is not None:
+                publish(stage_dir, shared)
         self.logged.add((iteration, name))
         ctx.outputs[name] = result.outputs
         ctx.digests[name] = outputs_digest(stage_dir)
@@ -101,6 +121,41 @@ class Run:
 
     def _decode(self, encoded: dict, stage_dir: Path) -> dict:
         return {k: self.folder.model(v["model"]) if "model" in v else stage_dir / v["file"] for k, v in encoded.items()}
+
+
+def shared_stage_dir(cfg: Config, model_dir: str, name: str) -> Path:
+    """Where runs share a result that only the settings and M0 decide (M0's evaluation): keyed by M0's files
+    (name, size, modification time), so a model folder changed in place is never served an old result."""
+    folder = Path(model_dir)
+    files = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                   for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else model_dir  # a hub id
+    return Path(cfg.paths.cache).expanduser() / "shared_stages" / name / digest([str(folder.resolve()), files])
+
+
+def shared_manifest(shared: Path, fingerprint: dict) -> Optional[dict]:
+    """The manifest of a complete shared copy made under `fingerprint` whose files still match it, else None."""
+    if not is_complete(shared):
+        return None
+    manifest = read_json(shared / MANIFEST)
+    if manifest.get("fingerprint") != fingerprint:
+        return None
+    try:
+        verify_outputs(shared)
+    except StageError as e:  # a damaged copy is recomputed, never served
+        log.warning(f"{e}; computing the stage instead")
+        return None
+    return manifest
+
+
+def publish(stage_dir: Path, shared: Path) -> None:
+    """A complete stage folder copied to `shared`, atomically: a reader sees all of it or nothing."""
+    if is_complete(shared):
+        return
+    tmp = shared.with_name(f".{shared.name}.{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(stage_dir, tmp)
+    shutil.rmtree(shared, ignore_errors=True)  # an incomplete copy
+    os.replace(tmp, shared)
 
 
 def fingerprint(stage: ModuleType, cfg: Config, plain_config: dict, data: dict, inputs: dict[str, str],
@@ -167,7 +222,9 @@ def run(cfg: Config) -> dict:
 
     def evaluate_newest(name: str) -> None:
         if cfg.eval.enabled and evaluated(len(ctx.models) - 1, final, cfg.eval.every):
-            metrics = run_.stage(ctx, evaluate, name).metrics
+            # M0's evaluation depends on the settings and M0 alone: the runs of a comparison share one
+            shared = shared_stage_dir(cfg, m0.base, name) if name == EVALUATE_M0 else None
+            metrics = run_.stage(ctx, evaluate, name, shared).metrics
             scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
             log.info("scores\n%s", score_table(scores))
 
