@@ -68,12 +68,14 @@ class Run:
               shared: Optional[Path] = None) -> StageResult:
         """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once.
 
-        `shared`: a folder outside the run where any run with the same fingerprint keeps this stage's result
-        (M0's evaluation: `shared_stage_dir`); copied from when complete there, published to after computing."""
+        `shared`: a folder outside the run where runs keep this stage's result, one subfolder per fingerprint
+        (M0's evaluation: `shared_stage_dir`); copied from when complete there, published to otherwise."""
         name = name or stage.NAME
         iteration = ctx.iteration
         stage_dir = stage_folder(self.dir, iteration, name)
         fingerprint = self.fingerprint(ctx, stage)
+        if shared is not None:
+            shared = shared / digest(fingerprint)
         manifest = read_json(stage_dir / MANIFEST) if is_complete(stage_dir) else None
         if manifest is not None and manifest.get("fingerprint") == fingerprint:
             verify_outputs(stage_dir)
@@ -81,6 +83,8 @@ class Run:
             result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
             if (iteration, name) not in self.logged:  # killed between its DONE and its record
                 self.logger.log(iteration, name, result.metrics)
+            if shared is not None:  # a run older than the shared copy, or killed before publishing
+                publish(stage_dir, shared)
         elif shared is not None and (manifest := shared_manifest(shared, fingerprint)) is not None:
             prepare_stage(stage_dir, fingerprint)
             for rel in manifest["outputs"]:
@@ -124,8 +128,9 @@ class Run:
 
 
 def shared_stage_dir(cfg: Config, model_dir: str, name: str) -> Path:
-    """Where runs share a result that only the settings and M0 decide (M0's evaluation): keyed by M0's files
-    (name, size, modification time), so a model folder changed in place is never served an old result."""
+    """Where runs share a result that only the settings and M0 decide (M0's evaluation), one subfolder per
+    fingerprint: keyed by M0's files (name, size, modification time), so a model folder changed in place is
+    never served an old result."""
     folder = Path(model_dir)
     files = sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
                    for p in folder.rglob("*") if p.is_file()) if folder.is_dir() else model_dir  # a hub id
@@ -155,7 +160,12 @@ def publish(stage_dir: Path, shared: Path) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(stage_dir, tmp)
     shutil.rmtree(shared, ignore_errors=True)  # an incomplete copy
-    os.replace(tmp, shared)
+    try:
+        os.replace(tmp, shared)
+    except OSError:  # another run published it first
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not is_complete(shared):
+            raise
 
 
 def fingerprint(stage: ModuleType, cfg: Config, plain_config: dict, data: dict, inputs: dict[str, str],

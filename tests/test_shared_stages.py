@@ -51,19 +51,37 @@ def test_a_second_run_copies_m0s_evaluation_and_other_settings_recompute(tmp_pat
     first, ctx = _run(tmp_path, "a")
     shared = shared_stage_dir(ctx.cfg, str(m0), "evaluate_m0")
     assert first.stage(ctx, stage, "evaluate_m0", shared).metrics["eval/x"] == 2.0 and len(calls) == 1
-    assert (shared / "DONE").is_file() and (shared / "eval.json").is_file()
+    (published,) = shared.iterdir()  # one folder per fingerprint
+    assert (published / "DONE").is_file() and (published / "eval.json").is_file()
 
     second, ctx = _run(tmp_path, "b")
     result = second.stage(ctx, stage, "evaluate_m0", shared)
     assert len(calls) == 1 and result.metrics["eval/x"] == 2.0  # copied, not computed
     copied = second.dir / "iter_0" / "evaluate_m0"
-    assert (copied / "eval.json").read_bytes() == (shared / "eval.json").read_bytes()
+    assert (copied / "eval.json").read_bytes() == (published / "eval.json").read_bytes()
     assert result.outputs["eval"] == copied / "eval.json"  # the run's own copy, not the shared folder
-    assert json.loads((copied / "manifest.json").read_text())["copied_from"] == str(shared)
+    assert json.loads((copied / "manifest.json").read_text())["copied_from"] == str(published)
     assert [json.loads(l)["eval/x"] for l in (second.dir / "metrics.jsonl").read_text().splitlines()] == [2.0]
 
-    third, ctx = _run(tmp_path, "c", limit=3)  # another eval setting: another fingerprint
+    third, ctx = _run(tmp_path, "c", limit=3)  # another eval setting: another fingerprint, published beside
     assert third.stage(ctx, stage, "evaluate_m0", shared).metrics["eval/x"] == 3.0 and len(calls) == 2
+    assert len(list(shared.iterdir())) == 2
+    fourth, ctx = _run(tmp_path, "d", limit=3)
+    assert fourth.stage(ctx, stage, "evaluate_m0", shared).metrics["eval/x"] == 3.0 and len(calls) == 2
+
+
+def test_a_run_that_evaluated_m0_before_sharing_existed_publishes_it_when_resumed(tmp_path, m0):
+    calls = []
+    stage = _stage(calls)
+    first, ctx = _run(tmp_path, "a")
+    first.stage(ctx, stage, "evaluate_m0")  # no shared folder then
+    shared = shared_stage_dir(ctx.cfg, str(m0), "evaluate_m0")
+    del first, ctx  # the run ends: its folder's lock is released
+    first, ctx = _run(tmp_path, "a")
+    first.stage(ctx, stage, "evaluate_m0", shared)  # reused from its own folder, and published
+    second, ctx = _run(tmp_path, "b")
+    second.stage(ctx, stage, "evaluate_m0", shared)
+    assert len(calls) == 1
 
 
 def test_a_damaged_shared_copy_is_recomputed_not_served(tmp_path, m0, caplog):
@@ -72,7 +90,8 @@ def test_a_damaged_shared_copy_is_recomputed_not_served(tmp_path, m0, caplog):
     first, ctx = _run(tmp_path, "a")
     shared = shared_stage_dir(ctx.cfg, str(m0), "evaluate_m0")
     first.stage(ctx, stage, "evaluate_m0", shared)
-    (shared / "eval.json").write_text('{"limit": 99}')
+    (published,) = shared.iterdir()
+    (published / "eval.json").write_text('{"limit": 99}')
     second, ctx = _run(tmp_path, "b")
     assert second.stage(ctx, stage, "evaluate_m0", shared).metrics["eval/x"] == 2.0 and len(calls) == 2
     assert "hash mismatch" in caplog.text
