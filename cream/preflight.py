@@ -77,6 +77,26 @@ def check_backends(cfg: Config) -> None:
         if launch_cfg.distributed_type == DistributedType.DEEPSPEED and not _installed("deepspeed"):
             raise ConfigError(f"config key `{key}`: {path} runs DeepSpeed, which is not installed: "
                               f"{_GPU_EXTRA} (or {key}=fsdp)")
+        check_cpu_launch(cfg, key, path, launch_cfg, train_cfg.num_processes or launch_cfg.num_processes)
+
+
+def check_cpu_launch(cfg: Config, key: str, path: Path, launch_cfg, processes: int) -> None:
+    """Several training processes on the CPU only as `cpu_ddp` runs them: the other ways run something else
+    than they say, with exit 0 (measured with accelerate 1.16)."""
+    from accelerate.utils import DistributedType
+
+    from cream.engine.models import resolve_device
+
+    if processes <= 1 or resolve_device(cfg.device) != "cpu":
+        return
+    if launch_cfg.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        # accelerate/state.py picks FSDP only for GPU device types, DeepSpeed only off the CPU
+        raise ConfigError(f"config key `{key}`: {path} runs {launch_cfg.distributed_type.value}, which accelerate "
+                          f"replaces by plain DDP on the CPU; use {key}=cpu_ddp there, or a GPU")
+    if launch_cfg.distributed_type != DistributedType.MULTI_GPU:
+        raise ConfigError(f"config key `{key}`: {path} ({launch_cfg.distributed_type.value}) would start {processes} "
+                          f"independent processes of world size 1 on the CPU, with no gradient sync; "
+                          f"use {key}=cpu_ddp (distributed_type MULTI_GPU with use_cpu: true: torchrun over gloo)")
 
 
 def check_model(model_cfg: ModelConfig, cache_dir: Path) -> None:

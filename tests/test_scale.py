@@ -71,7 +71,10 @@ def test_cpu_presets_train_in_process():
     assert cfg.sampling.backend.value == "torch" and cfg.eval.backend == "torch"  # cream's decoder on CPUs
 
 
-@pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+GPU_CONFIGS = sorted(p for p in ACCELERATE_CONFIGS.glob("*.yaml") if not p.stem.startswith("cpu_"))
+
+
+@pytest.mark.parametrize("path", GPU_CONFIGS, ids=lambda p: p.stem)
 def test_shipped_accelerate_configs_parse_with_accelerates_loader(path):
     config = load_config_from_file(str(path))  # raises on unknown keys or an invalid distributed_type
     assert config.distributed_type in (DistributedType.DEEPSPEED, DistributedType.FSDP)
@@ -83,8 +86,31 @@ def test_shipped_accelerate_configs_parse_with_accelerates_loader(path):
         assert config.fsdp_config["fsdp_version"] == 2
 
 
-def test_both_shipped_configs_exist():
-    assert {p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")} == {"deepspeed_zero3", "fsdp"}
+def test_the_shipped_configs_exist():
+    assert {p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")} == {"deepspeed_zero3", "fsdp", "cpu_ddp"}
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / "cpu_ddp.yaml"))
+    assert (config.distributed_type, config.use_cpu, config.num_processes) == (DistributedType.MULTI_GPU, True, 2)
+
+
+@pytest.mark.parametrize("config, processes, message", [
+    ("fsdp", 2, "replaces by plain DDP on the CPU; use dpo.accelerate_config=cpu_ddp"),
+    ("multi_cpu", 2, "independent processes of world size 1"),
+    ("cpu_ddp", 2, None),
+    ("multi_cpu", 1, None),  # one process: nothing to synchronise
+])
+def test_several_cpu_processes_run_only_as_cpu_ddp(tmp_path, config, processes, message):
+    from cream.preflight import check_backends
+
+    if config == "multi_cpu":
+        config = tmp_path / "multi_cpu.yaml"
+        config.write_text("compute_environment: LOCAL_MACHINE\ndistributed_type: MULTI_CPU\nnum_processes: 2\n"
+                          "use_cpu: true\nmixed_precision: 'no'\n")
+    cfg = _load(["experiment=smoke", "device=cpu", f"dpo.accelerate_config={config}", f"dpo.num_processes={processes}"])
+    if message is None:
+        check_backends(cfg)
+    else:
+        with pytest.raises(ConfigError, match=re.escape(message)):
+            check_backends(cfg)
 
 
 @pytest.mark.parametrize(
@@ -160,6 +186,30 @@ def test_dpo_under_accelerate_launch_writes_what_in_process_training_writes(tiny
     assert all(torch.allclose(launched_w[k], here_w[k], atol=1e-6) for k in launched_w)
     before = load_base_model(str(tiny_model_dir), model_cfg).state_dict()
     assert not torch.equal(launched_w["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
+
+
+def test_two_cpu_processes_under_cpu_ddp_train_what_one_process_trains_on_the_same_global_batch(tiny_model_dir, tmp_path):
+    """DDP over gloo: 2 processes x 1 pair give the loss, the forward passes and the weights of 1 process x 2 pairs."""
+    import dataclasses
+
+    model_cfg = ModelConfig(name="tiny", source=ModelSource.tiny)
+    tokenizer = load_tokenizer(str(tiny_model_dir))
+    rows = _pairs(tokenizer, load_base_model(str(tiny_model_dir), model_cfg), [0.8, 0.6, 0.9])
+    pairs = tmp_path / "pairs.jsonl"
+    write_rows(pairs, rows + [dataclasses.replace(rows[0], id="p3", consistency=0.7)])  # 4 pairs: 2 full steps
+    policy = ModelRef("m1", str(tiny_model_dir))
+    one = DPOConfig(lora=None, batch_size=2, grad_accum=1, lr=1e-3)
+    two = DPOConfig(lora=None, batch_size=1, grad_accum=1, lr=1e-3, accelerate_config="cpu_ddp", num_processes=2)
+    _, one_metrics = train_in_process(one, model_cfg, policy, pairs, tmp_path / "one", 0, "m2")
+    _, two_metrics = train(two, model_cfg, policy, pairs, tmp_path / "two", 0, "m2")
+    assert two_metrics["dpo/global_batch"] == one_metrics["dpo/global_batch"] == 2
+    assert two_metrics["dpo/steps"] == one_metrics["dpo/steps"] == 2
+    assert two_metrics["dpo/forward_sequences"] == one_metrics["dpo/forward_sequences"] == 8  # both processes counted
+    assert two_metrics["dpo/loss"] == pytest.approx(one_metrics["dpo/loss"], rel=1e-6)
+    one_w, two_w = (load_file(tmp_path / d / "model" / "model.safetensors") for d in ("one", "two"))
+    assert max((one_w[k] - two_w[k]).abs().max().item() for k in one_w) < 1e-6  # measured 2.4e-8
+    before = load_base_model(str(tiny_model_dir), model_cfg).state_dict()
+    assert not torch.equal(two_w["model.layers.0.mlp.up_proj.weight"], before["model.layers.0.mlp.up_proj.weight"])
 
 
 def test_sft_under_accelerate_launch_saves_the_adapter(tiny_model_dir, fixture_data, tmp_path, cpu_launch):

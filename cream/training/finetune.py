@@ -122,8 +122,8 @@ class Trained:
     model: ModelRef
     loss: float  # the mean training loss over the run's steps, those before a resume included
     steps: int  # optimizer steps
-    # Counted, not inferred: every sequence through the backbone (DPO with the reward stage's reference
-    # log-probs: 2 per pair and epoch, 1 per response; a reference pass would double it).
+    # Counted, not inferred: every sequence through the backbone in every process (DPO with the reward stage's
+    # reference log-probs: 2 per pair and epoch, 1 per response; a reference pass would double it).
     forward_sequences: int
     # the logged values averaged over the last 5% of the steps (at least one): TRL's metrics at the end of training
     last_log: dict
@@ -148,22 +148,28 @@ def fit(trainer, stage_dir: Path, policy: ModelRef, output_name: str) -> Trained
     from transformers import TrainerCallback
 
     checkpoint = last_complete_checkpoint(Path(trainer.args.output_dir))
-    forwarded = [json.loads((checkpoint / COUNTS).read_text())["forward_sequences"] if checkpoint else 0]
+    before = json.loads((checkpoint / COUNTS).read_text())["forward_sequences"] if checkpoint else 0  # all processes
+    forwarded = [0]  # this process's, since this session started
     backbone = trainer.accelerator.unwrap_model(trainer.model)
     backbone = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone
     hook = backbone.model.register_forward_pre_hook(
         lambda _, args, kwargs: forwarded.__setitem__(0, forwarded[0] + len((args or [kwargs["input_ids"]])[0])),
         with_kwargs=True)
 
+    def all_processes() -> int:  # every process calls it (a collective under DDP or FSDP)
+        return before + int(trainer.accelerator.reduce(torch.tensor(forwarded[0]), reduction="sum").item())
+
     class SaveCounts(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):
+            total = all_processes()
             if state.is_world_process_zero:
                 write_json(Path(args.output_dir) / f"checkpoint-{state.global_step}" / COUNTS,
-                           {"forward_sequences": forwarded[0]})
+                           {"forward_sequences": total})
 
     trainer.add_callback(SaveCounts())
     result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     hook.remove()
+    forward_sequences = all_processes()
     history = [h for h in trainer.state.log_history if "loss" in h]  # one per step, those before a resume included
     loss = sum(h["loss"] for h in history) / len(history) if history else float(result.training_loss)
     _check_finite(trainer, loss, Path(stage_dir).name)
@@ -173,7 +179,7 @@ def fit(trainer, stage_dir: Path, policy: ModelRef, output_name: str) -> Trained
     if trainer.accelerator.is_main_process:
         shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     model = ModelRef(output_name, policy.base, str(out_dir)) if adapter else ModelRef(output_name, str(out_dir))
-    return Trained(model, loss, int(trainer.state.global_step), forwarded[0], final_window(history),
+    return Trained(model, loss, int(trainer.state.global_step), forward_sequences, final_window(history),
                    trainer.accelerator.num_processes)
 
 
