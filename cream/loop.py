@@ -21,8 +21,7 @@ from typing import Optional
 import torch
 
 from cream.errors import StageError
-from cream.runs.artifacts import (MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs,
-                                     write_bytes)
+from cream.runs.artifacts import MANIFEST, is_complete, iter_jsonl, mark_complete, read_json, verify_outputs
 from cream import preflight
 from cream.config import Config
 from cream.config.eval import EvalProtocol
@@ -69,7 +68,8 @@ class Run:
         """Run `stage` unless its folder is complete with the current fingerprint; log its metrics once.
 
         `shared`: a folder outside the run where runs keep this stage's result, one subfolder per fingerprint
-        (M0's evaluation: `shared_stage_dir`); copied from when complete there, published to otherwise."""
+        (the stages before the first iteration: `shared_stage_dir`); copied from when complete there, published
+        to otherwise."""
         name = name or stage.NAME
         iteration = ctx.iteration
         stage_dir = stage_folder(self.dir, iteration, name)
@@ -88,7 +88,7 @@ class Run:
         elif shared is not None and (manifest := shared_manifest(shared, fingerprint)) is not None:
             prepare_stage(stage_dir, fingerprint)
             for rel in manifest["outputs"]:
-                write_bytes(stage_dir / rel, (shared / rel).read_bytes())
+                link_or_copy(shared / rel, stage_dir / rel)
             mark_complete(stage_dir, extra={key: manifest[key] for key in ("fingerprint", "metrics", "artifacts")}
                           | {"copied_from": str(shared)})
             verify_outputs(stage_dir)
@@ -128,7 +128,7 @@ class Run:
 
 
 def shared_stage_dir(cfg: Config, model_dir: str, name: str) -> Path:
-    """Where runs share a result that only the settings and M0 decide (M0's evaluation), one subfolder per
+    """Where runs share a result that only the settings, the data and M0 decide, one subfolder per
     fingerprint: keyed by M0's files (name, size, modification time), so a model folder changed in place is
     never served an old result."""
     folder = Path(model_dir)
@@ -152,13 +152,23 @@ def shared_manifest(shared: Path, fingerprint: dict) -> Optional[dict]:
     return manifest
 
 
+def link_or_copy(source, target) -> None:
+    """A hard link where the file system allows one (a model is not stored twice; every artifact is written
+    once, to a new file renamed into place, so neither side is ever edited under the other), else a copy."""
+    Path(target).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
 def publish(stage_dir: Path, shared: Path) -> None:
     """A complete stage folder copied to `shared`, atomically: a reader sees all of it or nothing."""
     if is_complete(shared):
         return
     tmp = shared.with_name(f".{shared.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(stage_dir, tmp)
+    shutil.copytree(stage_dir, tmp, copy_function=link_or_copy)
     shutil.rmtree(shared, ignore_errors=True)  # an incomplete copy
     try:
         os.replace(tmp, shared)
@@ -230,17 +240,20 @@ def run(cfg: Config) -> dict:
 
     final = cfg.iterations + 1  # the index of the last model, M_{T+1}
 
+    def shared(name: str) -> Optional[Path]:
+        # Before the first iteration (M0's evaluation, the SFT, M1's evaluation) a result depends on the
+        # settings, the data and M0 alone: the runs of a comparison (one seed, several methods) share it
+        return shared_stage_dir(cfg, m0.base, f"iter_0/{name}") if ctx.iteration == 0 else None
+
     def evaluate_newest(name: str) -> None:
         if cfg.eval.enabled and evaluated(len(ctx.models) - 1, final, cfg.eval.every):
-            # M0's evaluation depends on the settings and M0 alone: the runs of a comparison share one
-            shared = shared_stage_dir(cfg, m0.base, name) if name == EVALUATE_M0 else None
-            metrics = run_.stage(ctx, evaluate, name, shared).metrics
+            metrics = run_.stage(ctx, evaluate, name, shared(name)).metrics
             scores[ctx.newest.name] = {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("eval/")}
             log.info("scores\n%s", score_table(scores))
 
     evaluate_newest(EVALUATE_M0)
     if cfg.sft.enabled:
-        run_.stage(ctx, sft)
+        run_.stage(ctx, sft, shared=shared(sft.NAME))
         evaluate_newest(evaluate.NAME)
     else:
         ctx.models.append(ModelRef("m1", m0.base))  # M1 = M0

@@ -23,9 +23,10 @@ COMPARED = ["iter_1/sample/responses.jsonl", "iter_1/reward/rewards.jsonl", "ite
             "iter_1/pairs/pairs.jsonl"]
 
 
-def _kill_when(runs: Path, run_name: str, marker: str, timeout: float = 600) -> None:
+def _kill_when(runs: Path, run_name: str, marker: str, *overrides: str, timeout: float = 600) -> None:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *ARGS, f"paths.runs={runs}", f"run_name={run_name}"],
+    proc = subprocess.Popen([sys.executable, str(REPO / "train.py"), *ARGS, f"paths.runs={runs}", f"run_name={run_name}",
+                             *overrides],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = runs / "smoke" / run_name
     deadline = time.time() + timeout
@@ -61,9 +62,11 @@ def reference_run(tmp_path_factory):
     ],
 )
 def test_sigkill_then_rerun_reaches_the_same_results(reference_run, tmp_path, marker):
-    _kill_when(tmp_path, "crash", marker)
+    # a cache of its own: the reference run's SFT, shared through the default cache, would be copied, not trained
+    cache = f"paths.cache={tmp_path / 'cache'}"
+    _kill_when(tmp_path, "crash", marker, cache)
     assert not (tmp_path / "smoke" / "crash" / "iter_1" / "dpo" / "DONE").exists()
-    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=crash")
+    result = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=crash", cache)
     assert result.returncode == 0, result.stderr[-2000:]
     if not marker.startswith("iter_0"):  # a kill during SFT leaves no completed stage to reuse
         assert "complete, reusing" in result.stdout
@@ -104,6 +107,11 @@ def test_resume_false_starts_a_new_folder_with_its_own_log_and_force_recomputes_
     fresh = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=false", "iterations=1")
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     assert (tmp_path / "smoke" / "ref_2" / "iter_1" / "dpo" / "DONE").is_file()
+    # a new folder, but the same settings, data and M0 before the first iteration: the SFT is taken, hard-linked,
+    # from the copy the reference run shared (docs/running.md)
+    assert "iter 0 sft: computed by another run with the same settings" in fresh.stdout
+    adapter = next((tmp_path / "smoke" / "ref_2" / "iter_0" / "sft").rglob("*.safetensors"))
+    assert adapter.stat().st_nlink > 1
     assert b"iter 1 dpo" in (tmp_path / "smoke" / "ref_2" / "train.log").read_bytes()
     assert (tmp_path / "smoke" / "ref" / "train.log").read_bytes() == old_log  # nothing appended to the old run's log
     forced = cli(*ARGS, f"paths.runs={tmp_path}", "run_name=ref", "resume=force", "dpo.beta=0.3")
