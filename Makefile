@@ -48,9 +48,10 @@ bench: $(STAMP)
 	$(PY) train.py run_name=bench
 	$(PY) bench/bench.py --run runs/cream_smollm/bench $(ARGS)
 
-# SRLM, CREAM and Oracle x seeds 0, 1, 2 on shared shards, then the comparison with its uncertainty, into
+# SRLM, CREAM and Oracle x seeds on shared shards, then the comparison with its uncertainty, into
 # runs/study/$(STUDY_SCALE)/ (analysis/study.py). gpu: one GPU, about an hour; cpu: a reduced study for this
-# machine. A rerun resumes: finished run folders are reused.
+# machine; control: the positive control (seeds 0, 1; about 25-35 min a run here). A rerun resumes:
+# finished run folders are reused.
 STUDY_SCALE ?= gpu
 study: $(STAMP)
 	$(PY) -m analysis.study --scale $(STUDY_SCALE)

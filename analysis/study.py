@@ -1,8 +1,8 @@
 """The study of issue 13: SRLM, CREAM and Oracle x seeds 0, 1, 2 on shared shards, then the comparison.
 
-    python -m analysis.study --scale gpu|cpu [--runs DIR] [--out DIR] [--analyse-only]
+    python -m analysis.study --scale gpu|cpu|control [--runs DIR] [--out DIR] [--analyse-only]
 
-(`make study STUDY_SCALE=gpu|cpu`.) Seed by seed, each method runs as
+(`make study STUDY_SCALE=gpu|cpu|control`.) Seed by seed, each method runs as
 
     train.py experiment=<method> seed=<seed> run_name=study-<scale>-s<seed> paths.runs=DIR <SCALES[scale]>
 
@@ -22,6 +22,11 @@ Sizes (README, "The study"):
   minutes a seed on this 2-core machine (SRLM 7.8, CREAM 7.3, Oracle 6.2 min measured).
 - gpu: one H100/H200, SmolLM2-135M, 2 iterations of 400 prompts x 4 responses, SFT on all 389 seed
   conversations, the same evaluation of every model.
+- control: the positive control, seeds 0 and 1: 2 iterations of 64 multiple-choice prompts (ARC-E, ARC-C,
+  OBQA, SIQA), evaluated the way the responses are trained and rewarded (the paper protocol: generated answer,
+  extraction, exact match) on the first 100 validation items of the same four benchmarks. The Oracle's final
+  model beat M0 there (docs/results.md). 25-35 minutes a run here; the runs of a seed share M0's evaluation
+  and the SFT (cream.loop.shared_stage_dir).
 GSM8K is left out: the only generated task, it would cost most of each evaluation while a 135M model
 scores about 0 on it.
 """
