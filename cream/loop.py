@@ -86,14 +86,17 @@ class Run:
             if shared is not None:  # a run older than the shared copy, or killed before publishing
                 publish(stage_dir, shared)
         elif shared is not None and (manifest := shared_manifest(shared, fingerprint)) is not None:
+            start = time.perf_counter()
             prepare_stage(stage_dir, fingerprint)
             for rel in manifest["outputs"]:
                 link_or_copy(shared / rel, stage_dir / rel)
-            mark_complete(stage_dir, extra={key: manifest[key] for key in ("fingerprint", "metrics", "artifacts")}
-                          | {"copied_from": str(shared)})
+            # the time is this run's (the copy's); the computing run's stays in the shared manifest
+            metrics = {**manifest["metrics"], f"time/{name}": time.perf_counter() - start}
+            mark_complete(stage_dir, extra={"fingerprint": fingerprint, "metrics": metrics,
+                                            "artifacts": manifest["artifacts"], "copied_from": str(shared)})
             verify_outputs(stage_dir)
             log.info(f"iter {iteration} {name}: computed by another run with the same settings; copied from {shared}")
-            result = StageResult(manifest["metrics"], self._decode(manifest["artifacts"], stage_dir))
+            result = StageResult(metrics, self._decode(manifest["artifacts"], stage_dir))
             self.logger.log(iteration, name, result.metrics)
         else:
             if manifest is not None:

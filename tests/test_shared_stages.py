@@ -54,6 +54,9 @@ def test_a_second_run_copies_m0s_evaluation_and_other_settings_recompute(tmp_pat
     (published,) = shared.iterdir()  # one folder per fingerprint
     assert (published / "DONE").is_file() and (published / "eval.json").is_file()
 
+    manifest = json.loads((published / "manifest.json").read_text())
+    manifest["metrics"]["time/evaluate_m0"] = 999.0  # as if computing it had taken long
+    (published / "manifest.json").write_text(json.dumps(manifest))
     second, ctx = _run(tmp_path, "b")
     result = second.stage(ctx, stage, "evaluate_m0", shared)
     assert len(calls) == 1 and result.metrics["eval/x"] == 2.0  # copied, not computed
@@ -62,6 +65,7 @@ def test_a_second_run_copies_m0s_evaluation_and_other_settings_recompute(tmp_pat
     assert result.outputs["eval"] == copied / "eval.json"  # the run's own copy, not the shared folder
     assert json.loads((copied / "manifest.json").read_text())["copied_from"] == str(published)
     assert [json.loads(l)["eval/x"] for l in (second.dir / "metrics.jsonl").read_text().splitlines()] == [2.0]
+    assert result.metrics["time/evaluate_m0"] < 5  # this run's time: the copy's, not the computing run's
 
     third, ctx = _run(tmp_path, "c", limit=3)  # another eval setting: another fingerprint, published beside
     assert third.stage(ctx, stage, "evaluate_m0", shared).metrics["eval/x"] == 3.0 and len(calls) == 2
