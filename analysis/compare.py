@@ -24,7 +24,7 @@ from typing import Iterable, Optional
 
 from analysis.figures import draw
 from analysis.load import group_methods, load_export, load_run
-from analysis.stats import differences, means
+from analysis.stats import differences, gains, means
 from analysis.tables import score_table, seeds_table, summary
 from analysis.upload import upload
 from cream.errors import CreamError, DataError
@@ -48,12 +48,12 @@ def compare(paths: list[Path], out_dir: Path, exports: Iterable[Path] = (), note
     out_dir.mkdir(parents=True, exist_ok=True)
     draw(out_dir, methods)
     scores, spread = score_table(methods), seeds_table(methods)
-    diffs = differences(by_label, methods)
-    (out_dir / "summary.md").write_text(summary(methods, scores, spread, diffs, note), encoding="utf-8")
+    diffs, against_m0 = differences(by_label, methods), gains(by_label, methods)
+    (out_dir / "summary.md").write_text(summary(methods, scores, spread, diffs, note, against_m0), encoding="utf-8")
     print(scores)
     print(spread)
-    if diffs:
-        print("\n".join(diffs))
+    if against_m0 or diffs:
+        print("\n".join(against_m0 + diffs))
     return means(methods)
 
 

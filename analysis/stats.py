@@ -57,38 +57,66 @@ def _pairing(runs_a: list[Run], runs_b: list[Run], seeds_a: list, seeds_b: list)
     return seeds_a == seeds_b and None not in seeds_a and data(runs_a) == data(runs_b)
 
 
-def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
-    """Markdown lines: for each pair of methods, the difference of their last models per benchmark and on the
-    average, in points, with a hierarchical bootstrap interval (training seeds, then items); a difference is
-    "higher" only when that interval excludes 0, else it is within the noise."""
+def _last_models(by_label: dict[str, list[Run]], methods: dict) -> dict:
+    """label -> (k of its last evaluated model, (seed, per-item scores) of each run that reached it)."""
     last = {}
     for label in methods:
         evaluated = sorted(methods[label]["models"])
         found = _method_runs(by_label[label], evaluated[-1]) if evaluated else None
         if found:
             last[label] = (evaluated[-1], found)
+    return last
+
+
+def _difference_lines(a: str, runs_a: list, b: str, runs_b: list, paired: bool, head: str,
+                      one_method: bool = False) -> list[str]:
+    """The Markdown lines of A - B per benchmark and on the average, or one line saying why there is none."""
+    items_a, items_b = runs_a[0][1], runs_b[0][1]
+    if {t: set(v) for t, v in items_a.items()} != {t: set(v) for t, v in items_b.items()}:
+        return [f"- {head}: not evaluated on the same items, no paired difference"]
+    ids = {t: sorted(items_a[t]) for t in items_a}
+    diffs = seed_bootstrap([{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_a],
+                           [{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_b],
+                           paired, RESAMPLES, BOOTSTRAP_SEED)
+    items = sum(len(v) for v in ids.values())
+    if len(runs_a) == len(runs_b) == 1:
+        how = f"one seed{'' if one_method else ' each'}: the interval covers the item noise only"
+    else:
+        how = f"seeds then items resampled{', seeds paired' if paired else ''}"
+    return [f"- {head}, {items} items ({how}):",
+            *[f"  - {t}: {diffs[t].describe(a, b, scale=100.0)}" for t in [*benchmark_order(ids), "average"]]]
+
+
+def differences(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
+    """Markdown lines: for each pair of methods, the difference of their last models per benchmark and on the
+    average, in points, with a hierarchical bootstrap interval (training seeds, then items); a difference is
+    "higher" only when that interval excludes 0, else it is within the noise."""
+    last = _last_models(by_label, methods)
     lines = []
     labels = sorted(last)
     for i, a in enumerate(labels):
         for b in labels[i + 1:]:
             (ka, runs_a), (kb, runs_b) = last[a], last[b]
             head = f"**{a} (M{ka}, {_count(len(runs_a), 'seed')}) vs {b} (M{kb}, {_count(len(runs_b), 'seed')})**"
-            items_a, items_b = runs_a[0][1], runs_b[0][1]
-            if {t: set(v) for t, v in items_a.items()} != {t: set(v) for t, v in items_b.items()}:
-                lines.append(f"- {head}: not evaluated on the same items, no paired difference")
-                continue
-            ids = {t: sorted(items_a[t]) for t in items_a}
             paired = _pairing(by_label[a], by_label[b], [s for s, _ in runs_a], [s for s, _ in runs_b])
-            diffs = seed_bootstrap([{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_a],
-                                   [{t: [f[t][x] for x in ids[t]] for t in ids} for _, f in runs_b],
-                                   paired, RESAMPLES, BOOTSTRAP_SEED)
-            items = sum(len(v) for v in ids.values())
-            if len(runs_a) == len(runs_b) == 1:
-                how = "one seed each: the interval covers the item noise only"
-            else:
-                how = f"seeds then items resampled{', seeds paired' if paired else ''}"
-            lines.append(f"- {head}, {items} items ({how}):")
-            lines += [f"  - {t}: {diffs[t].describe(a, b, scale=100.0)}" for t in [*benchmark_order(ids), "average"]]
+            lines += _difference_lines(a, runs_a, b, runs_b, paired, head)
+    return lines
+
+
+def gains(by_label: dict[str, list[Run]], methods: dict) -> list[str]:
+    """Markdown lines: each method's last model against its own M0, on the same items, seeds paired (each run
+    against its own M0): the positive control reads here (an Oracle that does not beat M0 cannot tell methods
+    apart)."""
+    lines = []
+    for label, (k, last_runs) in sorted(_last_models(by_label, methods).items()):
+        if k == 0:
+            continue
+        first = _method_runs([r for r in by_label[label] if k in r.models], 0)
+        if not first or [s for s, _ in first] != [s for s, _ in last_runs]:
+            lines.append(f"- **{label}**: M0 not evaluated with per-item scores in every run that reached M{k}")
+            continue
+        head = f"**{label}: M{k} vs M0** ({_count(len(last_runs), 'seed')})"
+        lines += _difference_lines(f"{label} M{k}", last_runs, f"{label} M0", first, True, head, one_method=True)
     return lines
 
 

@@ -66,9 +66,10 @@ def seeds_table(methods: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def summary(methods: dict, scores: str, spread: str, diffs: list[str], note: str = "") -> str:
+def summary(methods: dict, scores: str, spread: str, diffs: list[str], note: str = "", gains: list[str] = ()) -> str:
     """summary.md: `note` (Markdown) first, the runs of each method, the tables `scores` (score_table) and
-    `spread` (seeds_table), the paired differences `diffs` (analysis.stats.differences) and the figures."""
+    `spread` (seeds_table), each method's last model against M0 (`gains`, analysis.stats.gains), the paired
+    differences `diffs` (analysis.stats.differences) and the figures."""
     runs_list = "".join(f"- **{label}**: {', '.join(c['runs'])}\n" for label, c in methods.items())
     figures = "".join(f"![{name}]({name}.png)\n" for name in FIGURES)
     paired = ("## Differences on the same items\n\nHierarchical bootstrap of each method's last model, in points "
@@ -77,10 +78,14 @@ def summary(methods: dict, scores: str, spread: str, diffs: list[str], note: str
               "same items for both), so the interval holds the seed-to-seed spread as well as the items'; the "
               "average is taken on the same draws. An interval containing 0 is within the noise, not a win; with "
               "one seed per method it covers the item noise only.\n\n" + "\n".join(diffs) + "\n\n" if diffs else "")
+    against_m0 = ("## Against M0\n\nEach method's last model against M0 on the same items, each run against "
+                  "its own M0 (the same bootstrap, seeds paired). The positive control reads here: where the Oracle "
+                  "does not beat M0, the setting cannot tell methods apart.\n\n" + "\n".join(gains) + "\n\n"
+                  if gains else "")
     opening = f"{note}\n\n" if note else ""
     return (f"# Run comparison\n\n{opening}"
             f"Means over the runs (seeds) of each method, each score ± its standard error over the evaluated "
             f"items (mean over the seeds); `runs`: how many runs reached the row.\n\n{runs_list}\n{scores}\n"
             f"## Across seeds\n\nEach benchmark's mean ± standard deviation over the seeds (the sample sd, "
-            f"n - 1; none for a single seed), in points.\n\n{spread}\n{paired}"
+            f"n - 1; none for a single seed), in points.\n\n{spread}\n{against_m0}{paired}"
             f"Figures: each method at its own x offset and marker; {LEGEND_NOTE}.\n\n{figures}")

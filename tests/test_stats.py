@@ -56,13 +56,16 @@ def test_paired_bootstrap_needs_the_same_items():
         paired_bootstrap({"x": [1, 0]}, {"x": [1]})
 
 
-def _run(root, name, correct):
-    """A run folder with M0 and M1 evaluated on arc_easy (ids a0..) and truthfulqa (mc1 unscored, mc2 scored)."""
+def _run(root, name, correct, m0_correct=None):
+    """A run folder with M0 and M1 evaluated on arc_easy (ids a0..) and truthfulqa (mc1 unscored, mc2 scored); M0
+    scores `m0_correct` on arc_easy when given, else `correct` like M1."""
     run = root / name / "s0"
     run.mkdir(parents=True)
+    m1_correct = correct
     (run / "run.json").write_text(json.dumps({"config": {"experiment_name": name, "seed": 0}}))
     records = []
     for k, stage, folder in [(0, "evaluate_m0", "iter_0/evaluate_m0"), (1, "evaluate", "iter_0/evaluate")]:
+        correct = m0_correct if k == 0 and m0_correct is not None else m1_correct
         rows = [{"task": "arc_easy", "lm_eval_task": "cream_harness_arc_easy", "id": f"a{i}", "score": float(c)}
                 for i, c in enumerate(correct)]
         rows += [{"task": "truthfulqa", "lm_eval_task": "cream_harness_truthfulqa_mc1", "id": f"t{i}", "score": 0.0}
@@ -94,3 +97,16 @@ def test_compare_reports_paired_differences_and_stderr(tmp_path):
     assert "  - truthfulqa: CREAM - SRLM: +0.0 (95% CI +0.0 to +0.0), within the noise" in text
     assert "  - average: CREAM - SRLM: +50.0 (95% CI +50.0 to +50.0), CREAM higher" in text
     assert "  - arc_easy: SRLM - SRLM2: -50.0 (95% CI -66.7 to -33.3), SRLM2 higher" in text
+
+
+def test_each_methods_last_model_is_compared_with_its_own_m0(tmp_path):
+    """The positive control's line: M1 right on every arc_easy item where M0 was wrong on every one."""
+    _run(tmp_path / "runs", "GAIN", [1] * 30, m0_correct=[0] * 30)
+    _run(tmp_path / "runs", "FLAT", [1, 0] * 15)
+    compare([tmp_path / "runs"], tmp_path / "out")
+    text = (tmp_path / "out" / "summary.md").read_text()
+    against_m0 = text.split("## Against M0", 1)[1].split("## Differences", 1)[0]
+    assert "**GAIN: M1 vs M0** (1 seed), 34 items (one seed: the interval covers the item noise only):" in against_m0
+    assert "  - arc_easy: GAIN M1 - GAIN M0: +100.0 (95% CI +100.0 to +100.0), GAIN M1 higher" in against_m0
+    assert "  - average: GAIN M1 - GAIN M0: +50.0 (95% CI +50.0 to +50.0), GAIN M1 higher" in against_m0
+    assert "  - arc_easy: FLAT M1 - FLAT M0: +0.0 (95% CI +0.0 to +0.0), within the noise" in against_m0
