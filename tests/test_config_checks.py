@@ -162,6 +162,15 @@ def test_cli_with_the_checked_run_dir_writes_nothing(tmp_path):
 
 
 @pytest.fixture
+def gpu_machine(monkeypatch):
+    """torch sees a GPU: where the shipped multi-process configs run (on the CPU preflight refuses them,
+    `tests/test_scale.py`)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+
+
+@pytest.fixture
 def missing(monkeypatch):
     """Make `modules` look uninstalled to preflight (vllm and deepspeed are not installed here anyway)."""
     def make_missing(*modules):
@@ -179,7 +188,7 @@ def missing(monkeypatch):
         (["sft.accelerate_config=deepspeed_zero3"], "deepspeed", "sft.accelerate_config"),
     ],
 )
-def test_a_selected_backend_must_be_installed(overrides, module, key, missing, monkeypatch):
+def test_a_selected_backend_must_be_installed(overrides, module, key, missing, monkeypatch, gpu_machine):
     cfg = _load(["experiment=smoke", *overrides])
     missing(module)
     with pytest.raises(ConfigError, match=_key(key)):
@@ -196,7 +205,7 @@ def test_a_selected_backend_must_be_installed(overrides, module, key, missing, m
         ["sft.enabled=false", "sft.accelerate_config=deepspeed_zero3"],  # SFT off: never launched
     ],
 )
-def test_backends_not_used_are_not_required(overrides, missing):
+def test_backends_not_used_are_not_required(overrides, missing, gpu_machine):
     missing("vllm", "deepspeed")
     preflight.check(_load(["experiment=smoke", *overrides]))
 
@@ -301,8 +310,10 @@ def test_unknown_names_are_refused(overrides, key):
 
 
 def test_every_shipped_experiment_passes_preflight_on_a_working_machine(monkeypatch):
-    """Every preset passes here once its backends count as installed and, for the hub models (not cached
-    here), the hub as reachable: preflight refuses nothing a working machine would run."""
+    """Every preset passes here once its backends count as installed, a GPU as present and, for the hub models
+    (not cached here), the hub as reachable: preflight refuses nothing a working machine would run."""
+    import torch
+
     import cream.engine.models
 
     for path in sorted((CONF / "experiment").glob("*.yaml")):
@@ -310,6 +321,7 @@ def test_every_shipped_experiment_passes_preflight_on_a_working_machine(monkeypa
         fetched = []
         monkeypatch.setattr(cream.engine.models, "check_hub_model", fetched.append)  # a reachable hub
         monkeypatch.setattr(preflight, "_installed", lambda name: True)  # the GPU presets' backends
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # and their GPUs
         preflight.check(cfg)
         assert fetched == ([cfg.model.path] if cfg.model.source == ModelSource.hub else [])
         monkeypatch.undo()
