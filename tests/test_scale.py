@@ -58,7 +58,7 @@ def test_llama_presets_sample_on_vllm_and_train_under_accelerate(experiment):
     cfg = _load([f"experiment={experiment}"])
     path, launch = LLAMA[experiment]
     assert cfg.model.path == path
-    assert (cfg.sampling.backend.value, cfg.sampling.tensor_parallel_size, cfg.sampling.dtype) == ("vllm", 8, "bfloat16")
+    assert (cfg.sampling.backend.value, cfg.sampling.tensor_parallel_size, cfg.sampling.dtype) == ("vllm", 8, "auto")  # bf16 on a GPU that has it
     assert (cfg.eval.backend, cfg.eval.tensor_parallel_size) == ("vllm", 8)
     assert (cfg.dpo.accelerate_config, cfg.dpo.num_processes, cfg.dpo.lora, cfg.dpo.bf16) == (launch, 8, None, True)
     assert cfg.dpo.batch_size * cfg.dpo.grad_accum * cfg.dpo.num_processes == 16  # the paper's global batch
