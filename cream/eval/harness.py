@@ -37,7 +37,7 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
     with backend torch) or vLLM (LoRA, tensor parallel)."""
     from lm_eval.api.registry import get_model
 
-    from cream.engine.vllm_sampling import lora_rank_capacity, release_engine
+    from cream.engine.vllm_sampling import lora_rank_capacity, platform_args, release_engine
 
     release_engine()  # a sampling engine of this process would hold the GPUs lm-eval's model needs
     # Safetensors only, as everywhere in cream: pickle weights can run code when loaded.
@@ -46,7 +46,7 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
         require_safetensors(adapter_dir, "adapter folder")
     args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "vllm":
-        args |= {"tensor_parallel_size": tensor_parallel_size, "load_format": "safetensors"}
+        args |= {"tensor_parallel_size": tensor_parallel_size, "load_format": "safetensors", **platform_args()}
         if adapter_dir is not None:
             args |= {"lora_local_path": str(adapter_dir), "max_lora_rank": lora_rank_capacity(adapter_dir)}
         model, extra = get_model("vllm"), {"batch_size": batch_size}
