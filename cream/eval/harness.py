@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import gc
 import statistics
+import tempfile
 import time
 from itertools import chain, zip_longest
 from pathlib import Path
+
+import torch
 
 from cream.runs.artifacts import read_jsonl, write_json, write_jsonl
 from cream.config import EvalConfig
@@ -31,8 +34,18 @@ from cream.engine.models import require_safetensors, resolve_device
 from cream.eval.stats import average_stderr, score_stderr
 
 
+def merge_adapter(model_dir: Path, adapter_dir: Path, out: Path) -> None:
+    """The base with the LoRA adapter merged into its weights, saved with its tokenizer as a model folder."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, use_safetensors=True)
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out)
+
+
 def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str, batch_size: int,
-             tensor_parallel_size: int, device: str):
+             tensor_parallel_size: int, device: str, out_dir: Path):
     """lm-eval's model, loaded once for every task: HF (adapter via `peft`; generation on cream's decoder
     with backend torch) or vLLM (LoRA, tensor parallel)."""
     from lm_eval.api.registry import get_model
@@ -46,7 +59,15 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
         require_safetensors(adapter_dir, "adapter folder")
     args = {"pretrained": str(model_dir), "dtype": dtype}
     if backend == "vllm":
+        from vllm.platforms import current_platform
+
         args |= {"tensor_parallel_size": tensor_parallel_size, "load_format": "safetensors", **platform_args()}
+        if adapter_dir is not None and current_platform.is_cpu():
+            # vLLM 0.32's CPU LoRA kernel dies on prompt log-probs once a batch holds two requests (an einsum
+            # shape in punica_cpu): its engine loads the merged weights instead, from a folder deleted once loaded.
+            with tempfile.TemporaryDirectory(prefix="merged-", dir=out_dir) as merged:
+                merge_adapter(model_dir, adapter_dir, Path(merged))
+                return get_model("vllm").create_from_arg_obj({**args, "pretrained": merged}, {"batch_size": batch_size})
         if adapter_dir is not None:
             args |= {"lora_local_path": str(adapter_dir), "max_lora_rank": lora_rank_capacity(adapter_dir)}
         model, extra = get_model("vllm"), {"batch_size": batch_size}
@@ -147,7 +168,7 @@ def evaluate_model(
         print(f"eval.limit={eval_cfg.limit}: scoring {eval_cfg.limit} items per task (not the full split)")
 
     lm = _load_lm(eval_cfg.backend, model_dir, adapter_dir, dtype, eval_cfg.batch_size, eval_cfg.tensor_parallel_size,
-                  resolve_device(device))
+                  resolve_device(device), out_dir)
     scores, stderr, metrics, predictions = {}, {}, {}, []
     start = time.perf_counter()
     # One call for every task: requests of tasks with the same generation settings share batches.

@@ -30,6 +30,7 @@ def run(ctx: Context, stage_dir: Path) -> StageResult:
     metrics["time/eval_items_per_s"] = timing["items"] / max(timing["seconds"], 1e-9)
     wrong = wrong_answers(stage_dir, WRONG_ANSWERS_LOGGED)
     if wrong:
-        columns = list(wrong[0].keys())
-        ctx.logger.table(ctx.iteration, f"eval/wrong_answers_{model.name}", columns, [[w[c] for c in columns] for w in wrong])
+        columns = list(dict.fromkeys(c for w in wrong for c in w))  # generated and multiple-choice items differ
+        ctx.logger.table(ctx.iteration, f"eval/wrong_answers_{model.name}", columns,
+                         [[w.get(c) for c in columns] for w in wrong])
     return StageResult(metrics, {"eval": Path(stage_dir) / "eval.json", "predictions": Path(stage_dir) / "predictions.jsonl"})
