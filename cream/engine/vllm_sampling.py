@@ -86,7 +86,8 @@ def release_engine() -> None:
         gc.collect()
 
 
-def _engine_for(model_ref: ModelRef, seed: int, max_length: int, dtype: str, tensor_parallel_size: int) -> _Engine:
+def engine_for(model_ref: ModelRef, seed: int, max_length: int, dtype: str, tensor_parallel_size: int) -> _Engine:
+    """The engine for this base and settings: the process's cached one, or a new one started here."""
     global _engine
     key = (model_ref.base, dtype, tensor_parallel_size, max_length)
     rank = lora_rank_capacity(model_ref.adapter) if model_ref.adapter is not None else None
@@ -121,7 +122,7 @@ def generate_vllm(
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    engine = _engine_for(model_ref, seed, max_length, dtype, tensor_parallel_size)
+    engine = engine_for(model_ref, seed, max_length, dtype, tensor_parallel_size)
     lora_request = None
     if model_ref.adapter is not None:
         lora_id = engine.lora_ids.setdefault(model_ref.adapter, len(engine.lora_ids) + 1)
