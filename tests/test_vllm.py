@@ -21,6 +21,7 @@ from cream.eval.harness import evaluate_model
 from cream.runs.artifacts import read_jsonl
 from cream.config.engine import ModelShape, ModelSource, SamplingBackend
 from cream.engine.generation import chat_prompt_ids, generate
+from cream.errors import ConfigError
 from cream.engine.model_pool import ModelPool
 from cream.engine.models import build_random_model, load_base_model, load_tokenizer
 from cream.runs.model_ref import ModelRef
@@ -128,3 +129,18 @@ def test_smoke_run_samples_and_evaluates_on_vllm(tmp_path, base_dir):
     drift = max(abs(a - b) for key in torch_lls for a, b in zip(torch_lls[key], vllm_lls[key], strict=True))
     print(f"largest option log-likelihood difference, vLLM vs torch: {drift:.2e}")
     assert drift < TOLERANCE
+
+
+def test_head_size_vllm_cannot_run_on_a_cpu_names_the_key(tiny_model_dir):
+    """The tiny test model's heads (16 dimensions) are below vLLM's CPU attention: an error naming the key,
+    before an engine starts (one would die after a minute of start-up)."""
+    from vllm.platforms import current_platform
+
+    from cream.engine.vllm_sampling import generate_vllm, release_engine
+
+    if not current_platform.is_cpu():
+        pytest.skip("vLLM runs on a GPU here: any head size")
+    release_engine()
+    with pytest.raises(ConfigError, match=r"sampling\.backend.*head sizes.*has 16"):
+        generate_vllm(ModelRef("m0", str(tiny_model_dir)), [[1, 2, 3]], SAMPLING, seed=0, max_length=64,
+                      dtype="float32", tensor_parallel_size=1)

@@ -48,6 +48,23 @@ def lora_rank_capacity(adapter_dir: str | Path) -> int:
     return max(16, 1 << (rank - 1).bit_length())
 
 
+def require_cpu_head_size(model_dir: str | Path, key: str) -> None:
+    """On a CPU, fail naming `key` unless vLLM's CPU attention runs the model's head size (it has no fallback:
+    its engine would die after start-up)."""
+    from vllm.platforms import current_platform
+
+    if not current_platform.is_cpu():
+        return
+    from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+    config = json.loads((Path(model_dir) / "config.json").read_text())
+    head_size = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    supported = CPUAttentionBackend.get_supported_head_sizes()
+    if head_size not in supported:
+        raise ConfigError(f"config key `{key}` is vllm, but vLLM's CPU attention runs head sizes {supported}, and the "
+                          f"model {model_dir} has {head_size} (the tiny test model: use model=tiny_vllm)")
+
+
 def platform_args(seeded_max_length: Optional[int] = None) -> dict:
     """What a vLLM engine needs on this machine beyond the model: nothing on a GPU. On a CPU: every core this
     process may use (vLLM's default keeps one back); eager mode (no inductor compile: seconds to start, not
@@ -94,6 +111,7 @@ def engine_for(model_ref: ModelRef, seed: int, max_length: int, dtype: str, tens
     if _engine is not None and _engine.key == key and (rank is None or (_engine.lora_rank or 0) >= rank):
         return _engine
     release_engine()  # one engine per process: two would not fit on the same GPUs
+    require_cpu_head_size(model_ref.base, "sampling.backend")
     from vllm import LLM
 
     lora = {"enable_lora": True, "max_lora_rank": rank} if rank is not None else {"enable_lora": False}

@@ -50,7 +50,7 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
     with backend torch) or vLLM (LoRA, tensor parallel)."""
     from lm_eval.api.registry import get_model
 
-    from cream.engine.vllm_sampling import lora_rank_capacity, platform_args, release_engine
+    from cream.engine.vllm_sampling import lora_rank_capacity, platform_args, release_engine, require_cpu_head_size
 
     release_engine()  # a sampling engine of this process would hold the GPUs lm-eval's model needs
     # Safetensors only, as everywhere in cream: pickle weights can run code when loaded.
@@ -61,6 +61,7 @@ def _load_lm(backend: str, model_dir: Path, adapter_dir: Path | None, dtype: str
     if backend == "vllm":
         from vllm.platforms import current_platform
 
+        require_cpu_head_size(model_dir, "eval.backend")
         args |= {"tensor_parallel_size": tensor_parallel_size, "load_format": "safetensors", **platform_args()}
         if adapter_dir is not None and current_platform.is_cpu():
             # vLLM 0.32's CPU LoRA kernel dies on prompt log-probs once a batch holds two requests (an einsum
