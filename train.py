@@ -15,6 +15,13 @@ from cream.plugins.registry import load_plugins
 
 load_plugins()  # the methods' settings groups join the schema before Hydra composes the config
 
+if __name__ == "__mp_main__":
+    # A process that multiprocessing spawned from the loop (vLLM's engine core, and its workers in turn) imports
+    # this file first: it dies with its parent, so a killed loop leaves no engine behind holding memory or GPUs.
+    from cream.training.launch import die_with_parent
+
+    die_with_parent()
+
 
 def fail(message: str, code: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)

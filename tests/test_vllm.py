@@ -7,10 +7,12 @@ vLLM's CPU attention runs."""
 import json
 import os
 import subprocess
+import time
 import sys
 from importlib.util import find_spec
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from omegaconf import OmegaConf
@@ -144,3 +146,32 @@ def test_head_size_vllm_cannot_run_on_a_cpu_names_the_key(tiny_model_dir):
     with pytest.raises(ConfigError, match=r"sampling\.backend.*head sizes.*has 16"):
         generate_vllm(ModelRef("m0", str(tiny_model_dir)), [[1, 2, 3]], SAMPLING, seed=0, max_length=64,
                       dtype="float32", tensor_parallel_size=1)
+
+
+def test_sigkill_mid_sampling_then_rerun_reproduces_the_responses(tmp_path):
+    """A run killed while vLLM samples (its engine processes die with it) resumes at the first missing chunk and
+    reaches the responses of an uninterrupted run."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "WANDB_MODE": "offline"}
+    args = [sys.executable, str(REPO / "train.py"), "+experiment=smoke", "model=tiny_vllm", "sampling.backend=vllm",
+            "eval.enabled=false", "sampling.batch_size=3", f"paths.data={FIXTURE_DATA}", f"paths.runs={tmp_path}"]
+    reference = subprocess.run([*args, "run_name=ref"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert reference.returncode == 0, reference.stderr[-3000:]
+
+    proc = subprocess.Popen([*args, "run_name=crash"], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    marker = tmp_path / "smoke" / "crash" / "iter_1" / "sample" / "chunks" / "00002.jsonl"  # 1 prompt a chunk
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert marker.exists(), f"sampling never reached its third chunk (exit code {proc.poll()})"
+    engine = psutil.Process(proc.pid).children(recursive=True)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs(engine, timeout=60)
+    assert not alive, f"vLLM processes outlived the killed run: {alive}"
+    assert not (marker.parent.parent / "DONE").exists()
+
+    rerun = subprocess.run([*args, "run_name=crash"], cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    rel = Path("iter_1") / "sample" / "responses.jsonl"
+    assert (tmp_path / "smoke" / "crash" / rel).read_bytes() == (tmp_path / "smoke" / "ref" / rel).read_bytes()
