@@ -266,3 +266,15 @@ def test_a_killed_loop_leaves_no_training_process_behind(tiny_model_dir, tmp_pat
         for p in launched:
             with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
+
+
+def test_rehearsal_keeps_the_llama_presets_engines_on_the_embedded_model():
+    """experiment=rehearsal: cream_llama's engines (vLLM sampling and evaluation, 2 DDP training processes,
+    full weights), not its size; float32, which this CPU computes natively."""
+    cfg, llama = _load(["experiment=rehearsal"]), _load(["experiment=cream_llama"])
+    assert cfg.model.name == "smollm2_135m"
+    assert (cfg.sampling.backend, cfg.eval.backend) == (llama.sampling.backend, llama.eval.backend) == ("vllm", "vllm")
+    for stage in (cfg.sft, cfg.dpo):
+        assert (stage.accelerate_config, stage.num_processes, stage.lora, stage.bf16) == ("cpu_ddp", 2, None, False)
+    assert (llama.sft.lora, llama.dpo.lora) == (None, None)
+    assert (cfg.rewarder.name, cfg.regularizer) == (llama.rewarder.name, llama.regularizer)  # batch sizes differ
