@@ -92,6 +92,22 @@ def _number(text: str):
         return text
 
 
+# Drawn with the seed (`load_prompts` shuffles and letters the prompts with it, `load_sft_examples` picks with it):
+# runs of other seeds differ here by design, so only two runs of one seed that differ are on other data. A
+# data folder of other contents also shows in the evaluation files' hashes, which split runs whatever their seeds.
+SEEDED_DATA = {"data_identity.prompts", "data_identity.sft_examples"}
+
+
+def _differ(group: list[Run], key: str) -> bool:
+    """Whether the runs of one label differ in `key` other than by their seeds."""
+    if key not in SEEDED_DATA:
+        return len({repr(run.config[key]) for run in group}) > 1
+    by_seed: dict[str, set[str]] = defaultdict(set)
+    for run in group:
+        by_seed[repr(run.config.get("seed"))].add(repr(run.config[key]))
+    return any(len(values) > 1 for values in by_seed.values())
+
+
 def _split_variants(runs: list[Run]) -> None:
     """Runs of one label that differ in a setting besides the seed get the differing settings in their label.
 
@@ -103,8 +119,7 @@ def _split_variants(runs: list[Run]) -> None:
             groups[run.label].append(run)
     for group in groups.values():
         shared = set.intersection(*(set(run.config) for run in group))
-        differing = sorted(k for k in shared if k.split(".")[0] not in NOT_METHOD_KEYS
-                           and len({repr(run.config[k]) for run in group}) > 1)
+        differing = sorted(k for k in shared if k.split(".")[0] not in NOT_METHOD_KEYS and _differ(group, k))
         if differing:
             for run in group:
                 run.label += " [" + ", ".join(f"{k}={run.config[k]}" for k in differing) + "]"

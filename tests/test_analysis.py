@@ -264,6 +264,16 @@ def test_runs_on_other_data_are_not_seeds_and_a_repeated_seed_is_refused(tmp_pat
     methods = _methods(root)
     assert sorted(methods) == ["a [data_identity.prompts=digest-a]", "a [data_identity.prompts=digest-b]"]
     assert all(len(m["runs"]) == 1 for m in methods.values())
+    # seeds 0 and 1 draw other shards from the same data (the study's design): one method with 2 seeds
+    seeded = tmp_path / "seeded"
+    for seed, prompts in ((0, "digest-s0"), (1, "digest-s1")):
+        folder = _hand_run(seeded, "a", seed, [30.0, 40.0])
+        manifest = json.loads((folder / "run.json").read_text())
+        (folder / "run.json").write_text(json.dumps({**manifest, "data": {"prompts": prompts, "eval_files": {"x": "h"}}}))
+    assert {label: len(m["runs"]) for label, m in _methods(seeded).items()} == {"a": 2}
+    # ... but evaluation files of other contents are other data, whatever the seeds
+    (folder / "run.json").write_text(json.dumps({**manifest, "data": {"prompts": "digest-s1", "eval_files": {"x": "other"}}}))
+    assert len(_methods(seeded)) == 2
     same = tmp_path / "same"
     _hand_run(same, "a", 0, [30.0, 40.0]).rename(same / "a" / "first")
     _hand_run(same, "a", 0, [30.0, 41.0])
