@@ -19,7 +19,8 @@ Sizes (README, "The study"):
 - cpu: the presets exactly as `python train.py experiment=<method>` runs them here: 2 iterations of 16
   prompts x 4 responses, SFT on 32 conversations, evaluation of M0 and M3 on the five log-likelihood
   benchmarks sized for standard errors of about 2.5 points (conf/eval/harness_sized.yaml). About 21
-  minutes a seed on this 2-core machine (SRLM 7.8, CREAM 7.3, Oracle 6.2 min measured).
+  minutes a seed on a 2-core machine with native bf16 (SRLM 7.8, CREAM 7.3, Oracle 6.2 min measured);
+  about 31 on the 2-core AVX2 machine, in fp32 (SRLM 14.8, CREAM 8.7, Oracle 7.1, 2026-12-06).
 - gpu: one H100/H200, SmolLM2-135M, 2 iterations of 400 prompts x 4 responses, SFT on all 389 seed
   conversations, the same evaluation of every model.
 - control: the positive control, seeds 0 and 1: 2 iterations of 64 multiple-choice prompts (ARC-E, ARC-C,
