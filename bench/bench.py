@@ -36,7 +36,7 @@ from cream.config.eval import EvalProtocol  # noqa: E402
 from cream.config.training import LoraConfig  # noqa: E402
 from cream.data.load import resolve_data_dir  # noqa: E402
 from cream.engine.model_pool import ModelPool  # noqa: E402
-from cream.engine.models import load_base_model, load_tokenizer, native_bf16_cpu, resolve_dtype, resolve_model_dir  # noqa: E402
+from cream.engine.models import load_base_model, load_tokenizer, resolve_dtype, resolve_model_dir  # noqa: E402
 from cream.runs.model_ref import ModelRef  # noqa: E402
 from cream.runs.run_folder import stored_model  # noqa: E402
 from cream.engine.scoring import sequence_logprobs  # noqa: E402
@@ -230,7 +230,7 @@ def main() -> None:
     # that has it, or a CPU with AVX512-BF16 or AMX; elsewhere torch emulates bf16 (hours for the bf16 rows), so
     # they are left out.
     device = args.device
-    native = torch.cuda.is_bf16_supported() if device == "cuda" else native_bf16_cpu()
+    native = resolve_dtype("auto", device) == "bfloat16"  # the one rule `dtype: auto` follows
     fast, fast_name = (torch.bfloat16, "bf16") if native else (torch.float32, "fp32")
     fp32 = matmul_gflops(torch.float32, device)
     bf16 = matmul_gflops(torch.bfloat16, device, 2048 if native else 256)
